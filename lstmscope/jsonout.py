@@ -1,0 +1,108 @@
+"""JSON documents for every command. No Rich: JSON is written with sys.stdout.write, never wrapped.
+
+Each document carries ``"schema": "lstmscope.<command>/<version>"``. NaN and Inf become null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from lstmscope.report import SliceStats, StateView
+from lstmscope.spec import LSTMModule, LSTMSpec
+
+RUN_SCHEMA = "lstmscope.run/1"
+INSPECT_SCHEMA = "lstmscope.inspect/1"
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def dumps(doc: dict) -> str:
+    """One JSON document on one line; numpy scalars converted, NaN/Inf as null."""
+    return json.dumps(_clean(doc), allow_nan=False)
+
+
+def model_fields(spec: LSTMSpec) -> dict:
+    return {
+        "input_size": spec.input_size,
+        "hidden_size": spec.hidden_size,
+        "proj_size": spec.proj_size,
+        "num_layers": spec.num_layers,
+        "bidirectional": spec.bidirectional,
+        "num_directions": spec.num_directions,
+        "bias": spec.bias,
+        "dtype": spec.dtype,
+    }
+
+
+def inspect_document(path: str, sha256: str, fmt: str, modules: list[LSTMModule]) -> dict:
+    return {
+        "schema": INSPECT_SCHEMA,
+        "checkpoint": {"path": path, "sha256": sha256, "format": fmt},
+        "modules": [{"prefix": m.prefix, **model_fields(m.spec), "parameters": m.spec.parameter_count()} for m in modules],
+    }
+
+
+def _stats(s: SliceStats) -> dict:
+    return {"shape": list(s.shape), "mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
+            "norm": s.norm, "nonfinite": s.nonfinite}
+
+
+def states_fields(view: StateView) -> dict:
+    """The "states", "checks" and (when asked) "values" members shared by run and show-state."""
+    doc: dict[str, Any] = {
+        "states": [{"layer": r.layer, "direction": r.direction, "index": r.index,
+                    "h_n": _stats(r.h_n), "c_n": _stats(r.c_n)} for r in view.rows],
+        "checks": [{"layer": c.layer, "direction": c.direction, "output_time_index": c.output_time_index,
+                    "output_columns": list(c.columns), "max_abs_diff": c.max_abs_diff, "ok": c.ok}
+                   for c in view.checks],
+    }
+    if view.values:
+        doc["values"] = {"batch_index": view.value_batch, "rows": [asdict(v) for v in view.values]}
+    return doc
+
+
+def run_document(outcome) -> dict:
+    """The ``lstmscope.run/1`` document for a :class:`lstmscope.runner.RunOutcome`."""
+    ck, module, seqs, result, view = outcome.checkpoint, outcome.module, outcome.sequences, outcome.result, outcome.view
+    return {
+        "schema": RUN_SCHEMA,
+        "checkpoint": {"path": str(ck.path), "sha256": ck.sha256, "format": ck.format, "module": module.prefix},
+        "model": model_fields(module.spec),
+        "input": {
+            "path": str(seqs.path),
+            "key": seqs.key,
+            "layout": seqs.layout,
+            "batch": seqs.batch,
+            "time": seqs.time,
+            "features": seqs.features,
+            "lengths": None if seqs.lengths is None else seqs.lengths.tolist(),
+            "run_dtype": result.dtype,
+        },
+        "shapes": {
+            "output": view.output_shape(result.output.shape[-1]),
+            "h_n": list(result.h_n.shape),
+            "c_n": list(result.c_n.shape),
+        },
+        **states_fields(view),
+        "ok": view.all_ok,
+    }

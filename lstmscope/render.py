@@ -1,0 +1,210 @@
+"""Rich rendering. Takes a Console and finished results; computes nothing.
+
+Colour marks ok / mismatch only. Every cell that carries a name or an index expression is a
+``Text`` so that brackets (``output[b, 0, 16:32]``) are never read as markup.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from lstmscope.report import StateView
+from lstmscope.spec import LSTMModule, LSTMSpec
+
+OK_STYLE = "bold green"
+BAD_STYLE = "bold red"
+DIR_SHORT = {"forward": "fwd", "backward": "bwd"}
+
+
+def _num(v: float | None, fmt: str = ".4g") -> Text:
+    if v is None:
+        return Text("-", style="dim")
+    if v != v:  # NaN
+        return Text("nan", style=BAD_STYLE)
+    return Text(format(v, fmt))
+
+
+def describe_spec(spec: LSTMSpec) -> str:
+    parts = [f"input {spec.input_size}", f"hidden {spec.hidden_size}"]
+    if spec.proj_size:
+        parts.append(f"proj {spec.proj_size}")
+    parts.append(f"{spec.num_layers} layer{'s' if spec.num_layers > 1 else ''}")
+    parts.append("bidirectional" if spec.bidirectional else "unidirectional")
+    parts.append("bias" if spec.bias else "no bias")
+    parts.append(spec.dtype)
+    return ", ".join(parts)
+
+
+def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule]) -> None:
+    console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt})"))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("module", overflow="fold", min_width=12)
+    for name in ("input", "hidden", "proj", "layers", "bidir", "bias", "dtype", "params"):
+        table.add_column(name, justify="left" if name in ("bias", "bidir", "dtype") else "right", no_wrap=True)
+    for m in modules:
+        s = m.spec
+        table.add_row(Text(m.display_name), str(s.input_size), str(s.hidden_size), str(s.proj_size),
+                      str(s.num_layers), "yes" if s.bidirectional else "no", "yes" if s.bias else "no", s.dtype,
+                      f"{s.parameter_count():,}")
+    console.print(table)
+    n = len(modules)
+    console.print(f"{n} LSTM module{'s' if n != 1 else ''} found."
+                  + (" Pick one with --module PREFIX for run." if n > 1 else ""))
+
+
+def _dims(names: list[str], shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(f"{n}={d}" for n, d in zip(names, shape)) + ")"
+
+
+def render_shapes(console: Console, view: StateView, output_shape: list[int] | None) -> None:
+    spec = view.spec
+    L, D, B = spec.num_layers, spec.num_directions, view.batch
+    out_name = "proj" if spec.proj_size else "hidden"
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_column(style="dim", overflow="fold")
+    if output_shape is not None:
+        lead = ["time", "batch"] if view.layout == "time_major" else ["batch", "time"]
+        table.add_row("output", _dims(lead + [f"{D}*{out_name}" if D > 1 else out_name], tuple(output_shape)),
+                      "last layer, every step")
+    table.add_row("h_n", _dims([f"{L}*{D}" if D > 1 else "layers", "batch", out_name], view.h_n.shape),
+                  "every layer, last step")
+    table.add_row("c_n", _dims([f"{L}*{D}" if D > 1 else "layers", "batch", "hidden"], view.c_n.shape),
+                  "every layer, last step")
+    console.print(Text("Shapes", style="bold underline"))
+    console.print(table)
+    if D > 1:
+        notes = [f"h_n.view({L}, {D}, {B}, {spec.output_size}) is (layers, directions, batch, {out_name}); "
+                 f"h_n[i] is layer i // {D}, direction i % {D} (0 forward, 1 backward)."]
+    else:
+        notes = [f"h_n[i] is layer i; output is the last layer's h at every step."]
+    if view.layout == "batch_first":
+        notes.append("batch_first applies to output only: h_n and c_n are always (layers*directions, batch, ...).")
+    if spec.proj_size:
+        notes.append(f"proj_size={spec.proj_size}: h_n and output are {spec.proj_size} wide, "
+                     f"c_n is hidden_size={spec.hidden_size} wide and never appears in output.")
+    for n in notes:
+        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+
+
+def render_states(console: Console, view: StateView) -> None:
+    table = Table(title="Final states per layer and direction", box=box.SIMPLE_HEAD, pad_edge=False,
+                  title_justify="left", title_style="bold")
+    for name, justify in (("layer", "right"), ("dir", "left"), ("i", "right"), ("", "left"),
+                          ("mean", "right"), ("std", "right"), ("min", "right"), ("max", "right"), ("norm", "right")):
+        table.add_column(name, justify=justify)
+    for r in view.rows:
+        for j, (label, s) in enumerate((("h_n", r.h_n), ("c_n", r.c_n))):
+            cells = [str(r.layer), DIR_SHORT[r.direction], str(r.index)] if j == 0 else ["", "", ""]
+            name = Text(label)
+            if s.nonfinite:
+                name.append(f" ({s.nonfinite} non-finite)", style=BAD_STYLE)
+            table.add_row(*cells, name, _num(s.mean), _num(s.std), _num(s.min), _num(s.max), _num(s.norm),
+                          end_section=(j == 1 and r is not view.rows[-1]))
+    console.print(table)
+
+
+def render_checks(console: Console, view: StateView) -> None:
+    by_key = {(c.layer, c.direction): c for c in view.checks}
+    table = Table(title="Where each h_n slice lives in output", box=box.SIMPLE_HEAD, pad_edge=False,
+                  title_justify="left", title_style="bold")
+    for name, justify in (("layer", "right"), ("dir", "left"), ("h_n", "left"), ("output position", "left"),
+                          ("max |diff|", "right"), ("check", "left")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=(name == "output position"))
+    for r in view.rows:
+        c = by_key.get((r.layer, r.direction))
+        sl = Text(f"h_n[{r.index}]")
+        if c is None:
+            table.add_row(str(r.layer), DIR_SHORT[r.direction], sl, Text("not in output", style="dim"),
+                          Text("-", style="dim"), Text("-", style="dim"))
+            continue
+        mark = Text("ok", style=OK_STYLE) if c.ok else Text("MISMATCH", style=BAD_STYLE)
+        table.add_row(str(r.layer), DIR_SHORT[r.direction], sl, Text(view.output_position(r.direction)), _num(c.max_abs_diff, ".1e"), mark)
+    console.print(table)
+    notes = []
+    if view.checks and len(set(view.last_steps.tolist())) > 1:
+        notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
+    if len(view.checks) < len(view.rows):
+        notes.append("output holds the last layer only; --all-layers runs layer by layer and checks every layer.")
+    for n in notes:
+        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+
+
+def render_values(console: Console, view: StateView) -> None:
+    if not view.values:
+        return
+    b = view.value_batch
+    for v in view.values:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left",
+                      title=Text(f"layer {v.layer} {v.direction}, batch {b}", style="bold"))
+        table.add_column("unit", justify="right")
+        table.add_column(Text("h_n"), justify="right")
+        if v.output is not None:
+            table.add_column(Text(v.output_position or "output"), justify="right")
+        table.add_column(Text("c_n"), justify="right")
+        for k, u in enumerate(v.units):
+            cells = [str(u), _num(v.h_n[k], ".7g")]
+            if v.output is not None:
+                cells.append(_num(v.output[k], ".7g"))
+            cells.append(_num(v.c_n[k], ".7g"))
+            table.add_row(*cells)
+        console.print(table)
+
+
+def render_verdict(console: Console, view: StateView) -> None:
+    if not view.checks:
+        return
+    bad = [c for c in view.checks if not c.ok]
+    if not bad:
+        console.print(Text(f"All {len(view.checks)} checks ok", style=OK_STYLE),
+                      Text("(max |diff| <= 1e-6): h_n equals output at each direction's last step."))
+    else:
+        console.print(Text(f"{len(bad)} of {len(view.checks)} checks failed", style=BAD_STYLE),
+                      Text("(max |diff| > 1e-6)."))
+
+
+def render_view(console: Console, view: StateView, output_shape: list[int] | None) -> None:
+    console.print()
+    render_shapes(console, view, output_shape)
+    console.print()
+    render_states(console, view)
+    if view.checks or output_shape is not None:
+        render_checks(console, view)
+    render_values(console, view)
+    render_verdict(console, view)
+
+
+def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LSTMModule, input_name: str,
+                      layout: str, batch: int, time: int, features: int, dtype: str, lengths_text: str | None) -> None:
+    lay = {"batch_first": "(batch, time, features), batch_first",
+           "time_major": "(time, batch, features), --time-major",
+           "single": "(time, features): one sequence, run as batch 1"}[layout]
+    grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("Module", Text.assemble(module.display_name, (f"  in {checkpoint} ({fmt})", "dim")))
+    grid.add_row("", Text(describe_spec(module.spec)))
+    grid.add_row("Input", Text.assemble(input_name, (f"  batch {batch}, time {time}, features {features}", "")))
+    grid.add_row("", Text(f"read as {lay}; ran in {dtype}"))
+    if lengths_text:
+        grid.add_row("Lengths", Text(lengths_text))
+    console.print(grid)
+
+
+def render_run(console: Console, outcome) -> None:
+    """The whole ``run`` report for a :class:`lstmscope.runner.RunOutcome`."""
+    seqs, view = outcome.sequences, outcome.view
+    lengths_text = None
+    if seqs.lengths is not None:
+        lengths_text = f"{seqs.lengths.tolist()} from {seqs.lengths_source}: packed batch, enforce_sorted=False"
+    render_run_header(
+        console, checkpoint=outcome.checkpoint.path.name, fmt=outcome.checkpoint.format, module=outcome.module,
+        input_name=seqs.display_name, layout=seqs.layout, batch=seqs.batch, time=seqs.time,
+        features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
+    )
+    render_view(console, view, view.output_shape(outcome.result.output.shape[-1]))

@@ -1,0 +1,221 @@
+"""Turn a run's arrays into the facts lstmscope shows: per-(layer, direction) statistics, where each
+h_n slice lives in ``output``, the measured identity checks, and selected values. numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstmscope.errors import UsageError
+from lstmscope.spec import LSTMSpec
+
+CHECK_TOLERANCE = 1e-6  # a check is ok when max |h_n slice - output slice| <= this
+DIRECTIONS = ("forward", "backward")
+
+
+@dataclass
+class SliceStats:
+    """Summary of one (batch, width) slice of h_n or c_n, computed in float64."""
+
+    shape: tuple[int, int]
+    mean: float
+    std: float
+    min: float
+    max: float
+    norm: float  # L2 norm of the whole slice
+    nonfinite: int  # count of NaN/Inf values
+
+
+@dataclass
+class StateRow:
+    layer: int
+    direction: str  # "forward" or "backward"
+    index: int  # position in PyTorch's native h_n: layer * num_directions + direction
+    h_n: SliceStats
+    c_n: SliceStats
+
+
+@dataclass
+class Check:
+    """h_n[layer, direction] against the place in that layer's output sequence that must equal it."""
+
+    layer: int
+    direction: str
+    output_time_index: list[int]  # per sequence: len_b - 1 (forward) or 0 (backward)
+    columns: tuple[int, int]  # output[..., start:stop]
+    max_abs_diff: float  # NaN on both sides counts as equal; NaN on one side is +inf
+    ok: bool
+
+
+@dataclass
+class ValueRow:
+    """Values for one (layer, direction) at one batch index, for ``--batch-index``/``--units``."""
+
+    layer: int
+    direction: str
+    units: list[int]
+    h_n: list[float | None]  # None where the unit is beyond h's width (proj_size < hidden)
+    c_n: list[float | None]
+    output: list[float | None] | None  # None when this layer's output is not available
+    output_position: str | None
+
+
+@dataclass
+class StateView:
+    """Everything ``run`` and ``show-state`` print about a set of final states."""
+
+    spec: LSTMSpec
+    h_n: np.ndarray  # (num_layers * num_directions, batch, out)
+    c_n: np.ndarray  # (num_layers * num_directions, batch, hidden)
+    last_steps: np.ndarray  # (batch,) each sequence's last step
+    layout: str  # input layout: "batch_first", "time_major" or "single"
+    time: int
+    rows: list[StateRow] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    values: list[ValueRow] = field(default_factory=list)
+    value_batch: int | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.h_n.shape[1]
+
+    @property
+    def all_ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def output_shape(self, width: int) -> list[int]:
+        """The shape nn.LSTM gives ``output`` for this input layout (batch_first unless time-major)."""
+        if self.layout == "time_major":
+            return [self.time, self.batch, width]
+        return [self.batch, self.time, width]
+
+    def output_position(self, direction: str, b: int | None = None) -> str:
+        """Where h_n[layer, direction] lives in that layer's output, as an indexing expression in the
+        input's layout: ``output[b, len[b]-1, 0:H]`` forward, ``output[b, 0, H:2H]`` backward.
+        With ``b`` given, for that one sequence."""
+        p = self.spec.output_size
+        d = DIRECTIONS.index(direction)
+        cols = f"{d * p}:{(d + 1) * p}"
+        if direction == "backward":
+            t = "0"
+        elif b is not None:
+            t = str(int(self.last_steps[b]))
+        elif len(set(self.last_steps.tolist())) == 1:
+            t = str(int(self.last_steps[0]))
+        else:
+            t = "len[b]-1"
+        bs = "0" if self.layout == "single" else "b" if b is None else str(b)
+        if self.layout == "time_major":
+            return f"output[{t}, {bs}, {cols}]"
+        return f"output[{bs}, {t}, {cols}]"
+
+
+def slice_stats(a: np.ndarray) -> SliceStats:
+    x = np.asarray(a, dtype=np.float64)
+    finite = np.isfinite(x)
+    n_bad = int(x.size - np.count_nonzero(finite))
+    v = x[finite] if n_bad else x
+    if v.size == 0:
+        nan = float("nan")
+        return SliceStats(tuple(x.shape), nan, nan, nan, nan, nan, n_bad)
+    return SliceStats(
+        shape=tuple(x.shape),
+        mean=float(v.mean()),
+        std=float(v.std()),
+        min=float(v.min()),
+        max=float(v.max()),
+        norm=float(np.sqrt(np.dot(v.ravel(), v.ravel()))),
+        nonfinite=n_bad,
+    )
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| in float64; positions where both are NaN count as equal, NaN on one side as inf."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a - b)
+    d[both_nan] = 0.0
+    d[np.isnan(d)] = np.inf
+    return float(d.max()) if d.size else 0.0
+
+
+def build_view(
+    spec: LSTMSpec,
+    h_n: np.ndarray,
+    c_n: np.ndarray,
+    *,
+    last_steps: np.ndarray,
+    layout: str,
+    time: int,
+    layer_outputs: dict[int, np.ndarray] | None = None,
+    batch_index: int | None = None,
+    units: str | None = None,
+    tolerance: float = CHECK_TOLERANCE,
+) -> StateView:
+    """Statistics per (layer, direction), identity checks against every layer output given
+    (``{layer: (batch, time, D * out)}``), and the values asked for."""
+    view = StateView(spec, h_n, c_n, np.asarray(last_steps), layout, time)
+    d = spec.num_directions
+    p = spec.output_size
+    layer_outputs = layer_outputs or {}
+    batch = h_n.shape[1]
+    rows_b = np.arange(batch)
+    for layer in range(spec.num_layers):
+        for di in range(d):
+            idx = layer * d + di
+            direction = DIRECTIONS[di]
+            view.rows.append(StateRow(layer, direction, idx, slice_stats(h_n[idx]), slice_stats(c_n[idx])))
+            out = layer_outputs.get(layer)
+            if out is None:
+                continue
+            t = view.last_steps if di == 0 else np.zeros(batch, dtype=np.int64)
+            at = out[rows_b, t, di * p:(di + 1) * p]  # (batch, out)
+            diff = max_abs_diff(h_n[idx], at)
+            view.checks.append(Check(layer, direction, [int(v) for v in t], (di * p, (di + 1) * p), diff, diff <= tolerance))
+    if batch_index is not None or units is not None:
+        b = 0 if batch_index is None else batch_index
+        if not -batch <= b < batch:
+            raise UsageError(f"--batch-index {b} is out of range; the batch has {batch} sequence(s) (0..{batch - 1})")
+        b %= batch
+        view.value_batch = b
+        lo, hi = parse_units(units, spec.hidden_size)
+        for row in view.rows:
+            out = layer_outputs.get(row.layer)
+            di = DIRECTIONS.index(row.direction)
+            us = list(range(lo, hi))
+            hv = [_f(h_n[row.index, b, u]) if u < p else None for u in us]
+            cv = [_f(c_n[row.index, b, u]) for u in us]
+            ov = pos = None
+            if out is not None:
+                t = int(view.last_steps[b]) if di == 0 else 0
+                ov = [_f(out[b, t, di * p + u]) if u < p else None for u in us]
+                pos = view.output_position(row.direction, b)
+            view.values.append(ValueRow(row.layer, row.direction, us, hv, cv, ov, pos))
+    return view
+
+
+def parse_units(text: str | None, width: int) -> tuple[int, int]:
+    """'a:b' (Python slice, b exclusive), 'a' (one unit) or None (the first 8) -> (start, stop)."""
+    if text is None:
+        return 0, min(8, width)
+    try:
+        if ":" in text:
+            a, _, b = text.partition(":")
+            lo = int(a) if a.strip() else 0
+            hi = int(b) if b.strip() else width
+        else:
+            lo = int(text)
+            hi = lo + 1
+    except ValueError:
+        raise UsageError(f"--units {text!r} is not a range; use START:STOP, e.g. --units 0:8") from None
+    if lo < 0 or hi > width or lo >= hi:
+        raise UsageError(f"--units {text} is outside 0:{width} (hidden_size is {width}); use START:STOP with START < STOP")
+    return lo, hi
+
+
+def _f(v) -> float:
+    return float(v)

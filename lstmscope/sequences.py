@@ -1,0 +1,222 @@
+"""Read and validate input sequences (.npy / .npz) and lengths. numpy only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lstmscope.errors import InputError, clean_message
+
+LAYOUT_BATCH_FIRST = "batch_first"  # (B, T, F)
+LAYOUT_TIME_MAJOR = "time_major"  # (T, B, F)
+LAYOUT_SINGLE = "single"  # (T, F): one sequence, run as a batch of 1
+
+_DATA_KEYS = ("x", "inputs", "input", "sequences", "sequence", "data", "features")
+_LENGTH_KEYS = ("lengths", "lens", "seq_lengths")
+_FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+
+
+@dataclass
+class Sequences:
+    """A validated batch of input sequences."""
+
+    path: Path
+    key: str | None  # array name inside an .npz, None for .npy
+    data: np.ndarray  # (B, T, F) batch-first view of the file's array (no copy for time-major)
+    layout: str  # how the file stored it: "batch_first", "time_major" or "single"
+    lengths: np.ndarray | None  # (B,) int64, each in 1..T, or None when every sequence is T long
+    lengths_source: str | None  # where the lengths came from ("x.npz[lengths]", "lens.npy")
+    sha256: str  # of the input file's bytes
+
+    @property
+    def batch(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def time(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def features(self) -> int:
+        return self.data.shape[2]
+
+    def last_steps(self) -> np.ndarray:
+        """(B,) index of each sequence's true last step."""
+        if self.lengths is None:
+            return np.full(self.batch, self.time - 1, dtype=np.int64)
+        return self.lengths - 1
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.path.name}[{self.key}]" if self.key else self.path.name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: no such {what} file")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; expected a {what} file (.npy or .npz)")
+
+
+def _load_any(path: Path, what: str):
+    """np.load without pickles; every failure becomes an InputError naming the file."""
+    _check_file(path, what)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes); expected a {what} .npy or .npz file")
+    try:
+        obj = np.load(path, allow_pickle=False)
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            return {k: obj[k] for k in obj.files}
+        return obj
+    except ValueError as e:
+        msg = clean_message(e)
+        if "allow_pickle" in msg or "pickle" in msg.lower():
+            raise InputError(f"{path} holds Python objects (a pickled object array); save numeric arrays with np.save") from None
+        raise InputError(f"{path} is not a readable .npy/.npz file ({msg})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path} is not a readable .npy/.npz file ({clean_message(e)})") from None
+
+
+def load_sequences(
+    path: str | os.PathLike,
+    *,
+    time_major: bool = False,
+    key: str | None = None,
+    lengths_path: str | os.PathLike | None = None,
+    expected_features: int | None = None,
+    module_name: str = "",
+) -> Sequences:
+    """Read and validate an input file. ``expected_features`` is the LSTM's input_size."""
+    path = Path(path)
+    obj = _load_any(path, "input")
+    lengths = None
+    lengths_source = None
+    if isinstance(obj, dict):
+        key = _pick_key(path, obj, key)
+        arr = obj[key]
+        for lk in _LENGTH_KEYS:
+            if lk in obj and lk != key:
+                lengths, lengths_source = obj[lk], f"{path.name}[{lk}]"
+                break
+    else:
+        if key is not None:
+            raise InputError(f"{path} is a .npy file holding one array; --key applies to .npz files only")
+        arr = obj
+    where = f"{path.name}[{key}]" if key else path.name
+    arr = _check_array(arr, where, time_major)
+    if arr.ndim == 2:
+        layout, data = LAYOUT_SINGLE, arr[None]
+    elif time_major:
+        layout, data = LAYOUT_TIME_MAJOR, arr.transpose(1, 0, 2)
+    else:
+        layout, data = LAYOUT_BATCH_FIRST, arr
+    b, t, f = data.shape
+    if expected_features is not None and f != expected_features:
+        lay = {"single": "(T, F)", "batch_first": "(B, T, F)", "time_major": "(T, B, F)"}[layout]
+        hint = " (is the file time-major? try --time-major)" if layout == LAYOUT_BATCH_FIRST and arr.shape[1] == expected_features else ""
+        raise InputError(
+            f"{where} has {f} features per step (read as {lay} {tuple(arr.shape)}) but the LSTM expects "
+            f"{expected_features} (input_size of module '{module_name}'){hint}"
+        )
+    if lengths_path is not None:
+        lp = Path(lengths_path)
+        lobj = _load_any(lp, "lengths")
+        if isinstance(lobj, dict):
+            lk = next((k for k in _LENGTH_KEYS if k in lobj), None) or (next(iter(lobj)) if len(lobj) == 1 else None)
+            if lk is None:
+                raise InputError(f"{lp} holds {', '.join(lobj)}; expected one array named 'lengths'")
+            lobj, lengths_source = lobj[lk], f"{lp.name}[{lk}]"
+        else:
+            lengths_source = lp.name
+        lengths = lobj
+    if lengths is not None:
+        lengths = check_lengths(lengths, lengths_source, b, t)
+    return Sequences(path, key, data, layout, lengths, lengths_source, _sha256(path))
+
+
+def _pick_key(path: Path, arrays: dict, key: str | None) -> str:
+    names = list(arrays)
+    if key is not None:
+        if key not in arrays:
+            raise InputError(f"{path} has no array {key!r}; it holds: {', '.join(names) or 'nothing'}")
+        return key
+    candidates = [k for k in names if k not in _LENGTH_KEYS]
+    if not candidates:
+        raise InputError(f"{path} holds no input array (found: {', '.join(names) or 'nothing'}); expected a (B, T, F) float array")
+    if len(candidates) == 1:
+        return candidates[0]
+    for k in _DATA_KEYS:
+        if k in candidates:
+            return k
+    floats = [k for k in candidates if arrays[k].dtype in _FLOAT_KINDS and arrays[k].ndim in (2, 3)]
+    if len(floats) == 1:
+        return floats[0]
+    raise InputError(f"{path} holds several arrays ({', '.join(candidates)}) and none is obviously the input; pass --key NAME")
+
+
+def _check_array(arr: np.ndarray, where: str, time_major: bool) -> np.ndarray:
+    dt = arr.dtype
+    if dt == object:
+        raise InputError(f"{where} is an object array; expected float16/float32/float64 sequences")
+    if dt.kind in "iub":
+        raise InputError(
+            f"{where} is {dt.name}; lstmscope feeds float features to the LSTM. Token ids need an embedding "
+            "first: save the embedded float sequences (B, T, F)"
+        )
+    if dt.kind == "c":
+        raise InputError(f"{where} is complex ({dt.name}); expected real float16/float32/float64 sequences")
+    if dt not in _FLOAT_KINDS:
+        raise InputError(f"{where} has dtype {dt}; expected float16, float32 or float64")
+    if arr.ndim not in (2, 3):
+        raise InputError(
+            f"{where} is {arr.ndim}-D {tuple(arr.shape)}; expected (T, F) for one sequence or "
+            f"{'(T, B, F)' if time_major else '(B, T, F)'} for a batch"
+        )
+    if arr.ndim == 2:
+        t_axis, b_axis = 0, None
+    else:
+        t_axis, b_axis = (0, 1) if time_major else (1, 0)
+    if arr.shape[t_axis] == 0:
+        raise InputError(f"{where} has zero time steps {tuple(arr.shape)}; nothing to run")
+    if b_axis is not None and arr.shape[b_axis] == 0:
+        raise InputError(f"{where} has an empty batch {tuple(arr.shape)}; nothing to run")
+    if arr.shape[-1] == 0:
+        raise InputError(f"{where} has zero features per step {tuple(arr.shape)}")
+    return arr
+
+
+def check_lengths(lengths, source: str | None, batch: int, time: int) -> np.ndarray:
+    """Validate lengths: 1-D, one per sequence, whole numbers in 1..T. Returns int64."""
+    src = source or "lengths"
+    arr = np.asarray(lengths)
+    if arr.ndim != 1:
+        raise InputError(f"{src} is {arr.ndim}-D {tuple(arr.shape)}; expected a 1-D array of {batch} lengths")
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"{src} has dtype {arr.dtype}; expected whole numbers (integers)")
+    if arr.shape[0] != batch:
+        raise InputError(f"{src} holds {arr.shape[0]} lengths but the input has {batch} sequences")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))][0]
+            raise InputError(f"{src} holds {bad!r}, which is not a whole number; lengths count time steps")
+    out = arr.astype(np.int64)
+    if np.any(out < 1):
+        i = int(np.argmax(out < 1))
+        raise InputError(f"{src}[{i}] is {out[i]}; every length must be at least 1")
+    if np.any(out > time):
+        i = int(np.argmax(out > time))
+        raise InputError(f"{src}[{i}] is {out[i]} but the input has only {time} time steps")
+    return out

@@ -1,0 +1,226 @@
+"""Find LSTM modules in a flat ``{key: (shape, dtype)}`` listing and infer their configuration.
+
+Torch-free: this works from shapes and dtype names alone, so safetensors headers can be
+inspected without importing torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from lstmscope.errors import CheckpointError
+
+_PARAM = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
+
+# Path components that mark optimizer state (Adam moments have the same shapes as the weights).
+_OPTIMIZER_PARTS = frozenset(
+    {
+        "optimizer",
+        "optimizers",
+        "optimizer_states",
+        "optimizer_state",
+        "optimizer_state_dict",
+        "optim",
+        "optim_state",
+        "exp_avg",
+        "exp_avg_sq",
+        "max_exp_avg_sq",
+        "momentum_buffer",
+        "square_avg",
+        "acc_delta",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What is known about one stored tensor without reading its data."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy-style name: "float32", "float16", "bfloat16", "int64", ...
+
+
+@dataclass(frozen=True)
+class LSTMSpec:
+    """The configuration of one ``nn.LSTM``, inferred from its weights alone."""
+
+    input_size: int  # features per time step: weight_ih_l0.shape[1]
+    hidden_size: int  # cell width H: weight_ih_l0.shape[0] // 4 (never weight_hh's width)
+    proj_size: int  # projected hidden width P (0 = no projection): weight_hr_l0.shape[0]
+    num_layers: int  # stacked layers L
+    bidirectional: bool  # True when *_reverse tensors exist
+    bias: bool  # True when bias_ih/bias_hh exist
+    dtype: str  # parameter dtype name, e.g. "float32"
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Width of h (and of each direction's slice of ``output``): P if projected, else H."""
+        return self.proj_size or self.hidden_size
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.output_size * self.num_directions
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter ``nn.LSTM`` would hold, with its shape, keyed as in its state_dict."""
+        h, p = self.hidden_size, self.proj_size
+        out: dict[str, tuple[int, ...]] = {}
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: self.num_directions]:
+                k = f"l{layer}{suffix}"
+                out[f"weight_ih_{k}"] = (4 * h, self.layer_input_size(layer))
+                out[f"weight_hh_{k}"] = (4 * h, p or h)
+                if self.bias:
+                    out[f"bias_ih_{k}"] = (4 * h,)
+                    out[f"bias_hh_{k}"] = (4 * h,)
+                if p:
+                    out[f"weight_hr_{k}"] = (p, h)
+        return out
+
+    def parameter_count(self) -> int:
+        total = 0
+        for shape in self.expected_shapes().values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+
+@dataclass(frozen=True)
+class LSTMModule:
+    """One LSTM found in a checkpoint: where its tensors live and what it is."""
+
+    prefix: str  # key prefix without the trailing dot ("" for a bare nn.LSTM state_dict)
+    spec: LSTMSpec
+
+    @property
+    def key_prefix(self) -> str:
+        return f"{self.prefix}." if self.prefix else ""
+
+    def keys(self) -> dict[str, str]:
+        """nn.LSTM parameter name -> key in the checkpoint."""
+        return {name: self.key_prefix + name for name in self.spec.expected_shapes()}
+
+    @property
+    def display_name(self) -> str:
+        return self.prefix or "(top level)"
+
+
+def _is_optimizer_state(prefix: str) -> bool:
+    return any(part in _OPTIMIZER_PARTS for part in prefix.split(".") if part)
+
+
+def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str) -> list[LSTMModule]:
+    """Every LSTM whose parameters appear in ``tensors`` under some prefix, in key order.
+
+    ``source`` names the file in error messages. Raises CheckpointError when a group of
+    LSTM-named tensors is inconsistent; the message names the tensor and the expected shape.
+    """
+    groups: dict[str, dict[str, str]] = {}
+    for key in tensors:
+        m = _PARAM.match(key)
+        if not m:
+            continue
+        prefix = m.group("prefix")
+        if prefix and not prefix.endswith("."):
+            continue  # e.g. "myweight_ih_l0": not an nn.LSTM parameter name
+        if _is_optimizer_state(prefix):
+            continue
+        name = key[len(prefix):]
+        groups.setdefault(prefix, {})[name] = key
+    modules = []
+    for prefix, names in groups.items():
+        modules.append(_infer_module(prefix, names, tensors, source))
+    return modules
+
+
+def _infer_module(prefix: str, names: dict[str, str], tensors: Mapping[str, TensorInfo], source: str) -> LSTMModule:
+    shown = prefix.rstrip(".") or "(top level)"
+    where = f"{source}: LSTM '{shown}'"
+    if "weight_ih_l0" not in names:
+        raise CheckpointError(
+            f"{where} has {', '.join(sorted(names))} but no weight_ih_l0; "
+            f"expected tensor '{prefix}weight_ih_l0' of shape (4*hidden_size, input_size)"
+        )
+    w_ih = tensors[names["weight_ih_l0"]]
+    if len(w_ih.shape) != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
+        raise CheckpointError(
+            f"{where}: '{prefix}weight_ih_l0' has shape {_fmt(w_ih.shape)}; "
+            "expected (4*hidden_size, input_size) with a first dimension divisible by 4"
+        )
+    hidden = w_ih.shape[0] // 4
+    proj = 0
+    if "weight_hr_l0" in names:
+        w_hr = tensors[names["weight_hr_l0"]]
+        if len(w_hr.shape) != 2:
+            raise CheckpointError(f"{where}: '{prefix}weight_hr_l0' has shape {_fmt(w_hr.shape)}; expected (proj_size, {hidden})")
+        proj = w_hr.shape[0]
+    layers = sorted({int(_PARAM.match(n).group("layer")) for n in names})
+    num_layers = layers[-1] + 1
+    spec = LSTMSpec(
+        input_size=w_ih.shape[1],
+        hidden_size=hidden,
+        proj_size=proj,
+        num_layers=num_layers,
+        bidirectional=any(n.endswith("_reverse") for n in names),
+        bias=any(n.startswith("bias_") for n in names),
+        dtype=w_ih.dtype,
+    )
+    expected = spec.expected_shapes()
+    for name, shape in expected.items():
+        if name not in names:
+            raise CheckpointError(
+                f"{where} is missing tensor '{prefix}{name}'; expected shape {_fmt(shape)} "
+                f"for a {num_layers}-layer{' bidirectional' if spec.bidirectional else ''} LSTM "
+                f"(input_size={spec.input_size}, hidden_size={hidden}, proj_size={proj}, bias={spec.bias})"
+            )
+        info = tensors[names[name]]
+        if tuple(info.shape) != shape:
+            raise CheckpointError(
+                f"{where}: tensor '{prefix}{name}' has shape {_fmt(info.shape)}; expected {_fmt(shape)} "
+                f"(input_size={spec.input_size}, hidden_size={hidden}, proj_size={proj})"
+            )
+        if info.dtype != spec.dtype:
+            raise CheckpointError(
+                f"{where}: tensor '{prefix}{name}' is {info.dtype} but '{prefix}weight_ih_l0' is {spec.dtype}; "
+                "all parameters of one LSTM must share a dtype"
+            )
+    extra = sorted(set(names) - set(expected))
+    if extra:
+        raise CheckpointError(
+            f"{where}: unexpected tensor '{prefix}{extra[0]}' for a {num_layers}-layer "
+            f"{'bidirectional' if spec.bidirectional else 'unidirectional'} LSTM "
+            f"(proj_size={proj}, bias={spec.bias}); the module's tensors are inconsistent"
+        )
+    if spec.dtype not in ("float16", "bfloat16", "float32", "float64"):
+        raise CheckpointError(f"{where}: parameters are {spec.dtype}; an LSTM needs floating-point weights")
+    return LSTMModule(prefix=prefix.rstrip("."), spec=spec)
+
+
+def select_module(modules: list[LSTMModule], wanted: str | None, source: str) -> LSTMModule:
+    """The module named by ``--module`` (trailing dot optional), or the only one."""
+    if not modules:
+        raise CheckpointError(
+            f"{source} holds no LSTM: no tensors named like weight_ih_l0 / weight_hh_l0 under any prefix"
+        )
+    choices = ", ".join(repr(m.prefix) for m in modules)
+    if wanted is not None:
+        key = wanted.rstrip(".")
+        for m in modules:
+            if m.prefix == key:
+                return m
+        raise CheckpointError(f"{source} has no LSTM module {wanted!r}; choose one of: {choices} (--module PREFIX)")
+    if len(modules) > 1:
+        opts = " or ".join(f"--module {m.prefix or repr('')}" for m in modules)
+        raise CheckpointError(f"{source} holds {len(modules)} LSTMs ({choices}); pass {opts}")
+    return modules[0]
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -1,0 +1,65 @@
+"""Regenerate the sample checkpoints and sequences in this folder, deterministically.
+
+    python sample_checkpoints/make_samples.py
+
+Every file is a function of the seeds below; running this twice gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from safetensors.torch import save_file
+
+HERE = Path(__file__).resolve().parent
+
+
+class Tagger(nn.Module):
+    """A bigger model with an LSTM inside it: embedding -> encoder.rnn -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.encoder = nn.Module()
+        self.encoder.rnn = nn.LSTM(8, 12, num_layers=2, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    # 1-layer unidirectional, saved as a plain state_dict of nn.LSTM (keys weight_ih_l0, ...).
+    uni = nn.LSTM(4, 8, num_layers=1)
+    torch.save(uni.state_dict(), HERE / "uni_1layer.pt")
+
+    # 2-layer bidirectional, wrapped like a training script saves it: {"epoch", "model_state_dict"}.
+    bi = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    torch.save({"epoch": 3, "model_state_dict": {f"lstm.{k}": v for k, v in bi.state_dict().items()}},
+               HERE / "bi_2layer.pt")
+
+    # proj_size: h_n and output are 3 wide, c_n is 8 wide.
+    proj = nn.LSTM(4, 8, num_layers=2, proj_size=3)
+    torch.save(proj.state_dict(), HERE / "proj.pt")
+
+    # An LSTM nested inside a bigger model, as .safetensors (keys encoder.rnn.weight_ih_l0, ...).
+    tagger = Tagger()
+    save_file({k: v.contiguous() for k, v in tagger.state_dict().items()}, str(HERE / "tagger.safetensors"))
+
+    # Sequences: one (B, T, F) batch of width 4, a (T, F) single sequence, a time-major copy,
+    # a variable-length batch with its lengths, and an input for the tagger's LSTM (width 8).
+    x = rng.standard_normal((3, 10, 4)).astype(np.float32)
+    np.save(HERE / "batch.npy", x)
+    np.save(HERE / "single.npy", x[0])
+    np.save(HERE / "batch_time_major.npy", np.ascontiguousarray(x.transpose(1, 0, 2)))
+    np.savez(HERE / "varlen.npz", x=rng.standard_normal((4, 10, 4)).astype(np.float32),
+             lengths=np.array([10, 7, 3, 1], dtype=np.int64))
+    np.save(HERE / "varlen_lengths.npy", np.array([10, 7, 3, 1], dtype=np.int64))
+    np.save(HERE / "tagger_input.npy", rng.standard_normal((2, 6, 8)).astype(np.float32))
+
+
+if __name__ == "__main__":
+    main()
