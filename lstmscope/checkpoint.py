@@ -7,7 +7,6 @@ torch only when they are read. Torch files are always read with ``weights_only=T
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lstmscope.errors import CheckpointError, clean_message
+from lstmscope.fileio import file_sha256
 from lstmscope.spec import LSTMModule, TensorInfo, find_lstm_modules, select_module
 
 SAFETENSORS_DTYPES = {
@@ -60,14 +60,6 @@ class Checkpoint:
         keys = module.keys()
         loaded = self._load(list(keys.values()))
         return {name: loaded[key] for name, key in keys.items()}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_readable(path: Path, what: str) -> None:

@@ -117,19 +117,41 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
         render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules)
 
 
+InputArg = Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]
+KeyOpt = Annotated[Optional[str], typer.Option("--key", help="Array name inside an .npz input.", show_default=False)]
+LengthsOpt = Annotated[Optional[Path], typer.Option("--lengths", help="A .npy of per-sequence lengths: runs a packed batch (enforce_sorted=False).", show_default=False)]
+TimeMajorOpt = Annotated[bool, typer.Option("--time-major", help="3-D input is (T, B, F) instead of (B, T, F).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Run in this dtype (float32, float64, float16, bfloat16); default: the checkpoint's.", show_default=False)]
+AllLayersOpt = Annotated[bool, typer.Option("--all-layers", help="Run layer by layer so every layer's output exists and every layer is checked.")]
+BatchIndexOpt = Annotated[Optional[int], typer.Option("--batch-index", "-b", help="Print the values of this sequence's h_n/c_n slices next to output.", show_default=False)]
+UnitsOpt = Annotated[Optional[str], typer.Option("--units", help="Units to print with --batch-index, as START:STOP (default 0:8).", show_default=False)]
+InitialStateOpt = Annotated[Optional[Path], typer.Option("--initial-state", help="Seed the run with this state (h0, c0): an lstmscope snapshot, or a safetensors/.npz with h_n/c_n (or h0/c0), or a torch file with an (h, c) tuple.", show_default=False)]
+BroadcastOpt = Annotated[bool, typer.Option("--broadcast-state", help="Let a batch-1 initial state seed every sequence of a larger batch.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Snapshot file to write (.safetensors).", show_default=False)]
+NumDirsOpt = Annotated[Optional[int], typer.Option("--num-directions", help="For state files without lstmscope metadata: 2 splits h_n/c_n into forward/backward rows.", show_default=False)]
+
+
+def _notes(outcome) -> None:
+    for note in outcome.notes:
+        sys.stderr.write(note + "\n")
+
+
 @app.command()
 @guarded
 def run(
     checkpoint: CheckpointArg,
-    input: Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)],
+    input: InputArg,
     module: ModuleOpt = None,
-    key: Annotated[Optional[str], typer.Option("--key", help="Array name inside an .npz input.", show_default=False)] = None,
-    lengths: Annotated[Optional[Path], typer.Option("--lengths", help="A .npy of per-sequence lengths: runs a packed batch (enforce_sorted=False).", show_default=False)] = None,
-    time_major: Annotated[bool, typer.Option("--time-major", help="3-D input is (T, B, F) instead of (B, T, F).")] = False,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Run in this dtype (float32, float64, float16, bfloat16); default: the checkpoint's.", show_default=False)] = None,
-    all_layers: Annotated[bool, typer.Option("--all-layers", help="Run layer by layer so every layer's output exists and every layer is checked.")] = False,
-    batch_index: Annotated[Optional[int], typer.Option("--batch-index", "-b", help="Print the values of this sequence's h_n/c_n slices next to output.", show_default=False)] = None,
-    units: Annotated[Optional[str], typer.Option("--units", help="Units to print with --batch-index, as START:STOP (default 0:8).", show_default=False)] = None,
+    key: KeyOpt = None,
+    lengths: LengthsOpt = None,
+    time_major: TimeMajorOpt = False,
+    dtype: DtypeOpt = None,
+    all_layers: AllLayersOpt = False,
+    batch_index: BatchIndexOpt = None,
+    units: UnitsOpt = None,
+    initial_state: InitialStateOpt = None,
+    broadcast_state: BroadcastOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run sequences through an LSTM and show every layer's and direction's h_n / c_n against output.
@@ -141,9 +163,11 @@ def run(
     outcome = execute_run(RunOptions(
         checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
         dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=units,
+        initial_state=initial_state, broadcast_state=broadcast_state,
     ))
+    _notes(outcome)
     if json_out:
-        from lstmscope.jsonout import run_document, dumps
+        from lstmscope.jsonout import dumps, run_document
 
         sys.stdout.write(dumps(run_document(outcome)) + "\n")
     else:
@@ -151,4 +175,158 @@ def run(
 
         render_run(_stdout(), outcome)
     if not outcome.view.all_ok:
+        raise typer.Exit(1)
+
+
+@app.command("export-state")
+@guarded
+def export_state(
+    checkpoint: CheckpointArg,
+    input: InputArg,
+    output: OutOpt,
+    module: ModuleOpt = None,
+    key: KeyOpt = None,
+    lengths: LengthsOpt = None,
+    time_major: TimeMajorOpt = False,
+    dtype: DtypeOpt = None,
+    initial_state: InitialStateOpt = None,
+    broadcast_state: BroadcastOpt = False,
+    include_output: Annotated[bool, typer.Option("--include-output", help="Also store the output sequence (batch, time, directions*hidden).")] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run like `run` and write the final (h_n, c_n) as a safetensors snapshot.
+
+    The file holds h_n and c_n in PyTorch's native layout, ready to pass back as (h0, c0).
+    """
+    from lstmscope.fileio import file_sha256
+    from lstmscope.runner import RunOptions, export_state as do_export
+
+    outcome, path, meta = do_export(RunOptions(
+        checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
+        dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state,
+    ), output, include_output=include_output, force=force)
+    _notes(outcome)
+    size = path.stat().st_size
+    if json_out:
+        from lstmscope.jsonout import dumps, export_document
+
+        sys.stdout.write(dumps(export_document(outcome, path, meta, file_sha256(path), size)) + "\n")
+    else:
+        from lstmscope.render import render_export
+
+        render_export(_stdout(), outcome, path, meta, size)
+    if not outcome.view.all_ok:
+        raise typer.Exit(1)
+
+
+@app.command("import-state")
+@guarded
+def import_state(
+    file: Annotated[Path, typer.Argument(help="A state file lstmscope did not write: safetensors/.npz with h_n/c_n (or h0/c0), or a torch file with an (h, c) tuple.", show_default=False)],
+    output: OutOpt,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The checkpoint the state belongs to (for metadata and shape checks).", show_default=False)],
+    module: ModuleOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert a foreign state file into an lstmscope v1 snapshot with full metadata."""
+    from lstmscope.checkpoint import read_checkpoint
+    from lstmscope.fileio import check_target, file_sha256
+    from lstmscope.snapshot import fit_state, read_state_file, snapshot_metadata, write_snapshot
+
+    check_target(output, force)
+    ck = read_checkpoint(checkpoint)
+    mod = ck.module(module)
+    state = read_state_file(file, allow_torch=True)
+    batch = state.h_n.shape[1]
+    h0, c0 = fit_state(state, mod.display_name, mod.spec, batch)
+    meta = snapshot_metadata(mod.spec, batch_size=batch, dtype=str(h0.dtype), module=mod.prefix,
+                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths)
+    tensors = {"h_n": h0, "c_n": c0, "output": state.output, "lengths": state.lengths}
+    write_snapshot(output, tensors, meta, force=force)
+    if json_out:
+        from lstmscope.jsonout import dumps
+
+        sys.stdout.write(dumps({"schema": "lstmscope.import/1", "path": str(output), "sha256": file_sha256(output),
+                                "source": str(file), "source_kind": state.kind, "metadata": meta}) + "\n")
+    else:
+        _stdout().print(f"Wrote {output} from {file} ({state.kind}): h_n {tuple(h0.shape)}, c_n {tuple(c0.shape)}, "
+                        f"module {mod.display_name}")
+
+
+@app.command("diff-states")
+@guarded
+def diff_states(
+    a: Annotated[Path, typer.Argument(help="State file A.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="State file B, the reference.", show_default=False)],
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance (times |b|).")] = 1.3e-6,
+    equal_nan: Annotated[bool, typer.Option("--equal-nan", help="NaN in both files at the same place counts as equal.")] = False,
+    num_directions: NumDirsOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only set the exit code (0 equal, 1 different, 2 unreadable).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare two state snapshots per layer and direction. Exit 0 equal, 1 different, 2 unreadable.
+
+    An element passes when |a - b| <= atol + rtol * |b|; defaults are torch.testing's float32 ones.
+    """
+    from lstmscope.compare import diff_states as do_diff
+    from lstmscope.snapshot import read_state_file
+
+    if atol < 0 or rtol < 0:
+        raise fail("--atol and --rtol must be >= 0")
+    sa = read_state_file(a)
+    sb = read_state_file(b)
+    res = do_diff(sa, sb, atol=atol, rtol=rtol, equal_nan=equal_nan, num_directions=num_directions)
+    if quiet:
+        pass
+    elif json_out:
+        from lstmscope.jsonout import diff_document, dumps
+
+        sys.stdout.write(dumps(diff_document(res)) + "\n")
+    else:
+        from lstmscope.render import render_diff
+
+        render_diff(_stdout(), res)
+    if not res.equal:
+        raise typer.Exit(1)
+
+
+@app.command("show-state")
+@guarded
+def show_state(
+    snapshot: Annotated[Path, typer.Argument(help="A state snapshot (.safetensors) or an .npz with h_n/c_n.", show_default=False)],
+    batch_index: BatchIndexOpt = None,
+    units: UnitsOpt = None,
+    num_directions: NumDirsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a snapshot: metadata, named shapes and the per-layer/direction table (torch-free)."""
+    import numpy as np
+
+    from lstmscope.report import build_view
+    from lstmscope.snapshot import read_state_file, spec_from_state
+
+    state = read_state_file(snapshot)
+    spec = spec_from_state(state, num_directions)
+    batch = state.h_n.shape[1]
+    layer_outputs = None
+    time = 0
+    last = np.zeros(batch, dtype=np.int64)
+    if state.output is not None:
+        time = state.output.shape[1]
+        last = state.lengths - 1 if state.lengths is not None else np.full(batch, time - 1, dtype=np.int64)
+        layer_outputs = {spec.num_layers - 1: state.output}
+    view = build_view(spec, state.h_n, state.c_n, last_steps=last, layout="batch_first", time=time,
+                      layer_outputs=layer_outputs, batch_index=batch_index, units=units)
+    if json_out:
+        from lstmscope.jsonout import dumps, state_document
+
+        sys.stdout.write(dumps(state_document(state, view)) + "\n")
+    else:
+        from lstmscope.render import render_state
+
+        render_state(_stdout(), state, view)
+    if not view.all_ok:
         raise typer.Exit(1)

@@ -106,3 +106,54 @@ def run_document(outcome) -> dict:
         **states_fields(view),
         "ok": view.all_ok,
     }
+
+
+EXPORT_SCHEMA = "lstmscope.export/1"
+STATE_SCHEMA = "lstmscope.state/1"
+DIFF_SCHEMA = "lstmscope.diff/1"
+
+
+def export_document(outcome, path, meta: dict, sha256: str, size: int) -> dict:
+    view = outcome.view
+    return {
+        "schema": EXPORT_SCHEMA,
+        "path": str(path),
+        "sha256": sha256,
+        "bytes": size,
+        "metadata": meta,
+        "norms": [{"layer": r.layer, "direction": r.direction, "h_n": r.h_n.norm, "c_n": r.c_n.norm} for r in view.rows],
+        "checks": states_fields(view)["checks"],
+        "ok": view.all_ok,
+    }
+
+
+def state_document(state, view: StateView) -> dict:
+    return {
+        "schema": STATE_SCHEMA,
+        "path": str(state.path),
+        "kind": state.kind,
+        "metadata": state.meta,
+        "shapes": {k: list(v.shape) for k, v in state.tensors().items()},
+        **states_fields(view),
+        "ok": view.all_ok,
+    }
+
+
+def diff_document(res) -> dict:
+    return {
+        "schema": DIFF_SCHEMA,
+        "a": res.a,
+        "b": res.b,
+        "equal": res.equal,
+        "comparable": res.comparable,
+        "atol": res.atol,
+        "rtol": res.rtol,
+        "equal_nan": res.equal_nan,
+        "rows": [{"tensor": r.tensor, "layer": r.layer, "direction": r.direction, "shape": r.shape,
+                  "shape_b": r.shape_b, "max_abs_diff": r.max_abs_diff, "max_abs_diff_at": r.max_abs_diff_at,
+                  "max_rel_diff": r.max_rel_diff, "mismatched": r.mismatched, "total": r.total,
+                  "mismatched_pct": r.mismatched_pct, "cosine": r.cosine, "pass": r.passed} for r in res.rows],
+        "only_in_a": res.only_in_a,
+        "only_in_b": res.only_in_b,
+        "metadata_differences": {"architecture": res.architecture, "provenance": res.provenance},
+    }

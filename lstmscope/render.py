@@ -109,7 +109,7 @@ def render_states(console: Console, view: StateView) -> None:
     console.print(table)
 
 
-def render_checks(console: Console, view: StateView) -> None:
+def render_checks(console: Console, view: StateView, hint: str | None) -> None:
     by_key = {(c.layer, c.direction): c for c in view.checks}
     table = Table(title="Where each h_n slice lives in output", box=box.SIMPLE_HEAD, pad_edge=False,
                   title_justify="left", title_style="bold")
@@ -129,8 +129,8 @@ def render_checks(console: Console, view: StateView) -> None:
     notes = []
     if view.checks and len(set(view.last_steps.tolist())) > 1:
         notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
-    if len(view.checks) < len(view.rows):
-        notes.append("output holds the last layer only; --all-layers runs layer by layer and checks every layer.")
+    if len(view.checks) < len(view.rows) and hint:
+        notes.append(hint)
     for n in notes:
         console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
 
@@ -168,13 +168,14 @@ def render_verdict(console: Console, view: StateView) -> None:
                       Text("(max |diff| > 1e-6)."))
 
 
-def render_view(console: Console, view: StateView, output_shape: list[int] | None) -> None:
+def render_view(console: Console, view: StateView, output_shape: list[int] | None,
+                hint: str | None = "output holds the last layer only; --all-layers runs layer by layer and checks every layer.") -> None:
     console.print()
     render_shapes(console, view, output_shape)
     console.print()
     render_states(console, view)
     if view.checks or output_shape is not None:
-        render_checks(console, view)
+        render_checks(console, view, hint)
     render_values(console, view)
     render_verdict(console, view)
 
@@ -208,3 +209,77 @@ def render_run(console: Console, outcome) -> None:
         features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
     )
     render_view(console, view, view.output_shape(outcome.result.output.shape[-1]))
+
+
+def render_export(console: Console, outcome, path, meta: dict, size: int) -> None:
+    """The short summary ``export-state`` prints: norms per layer/direction and where the file went."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold",
+                  title=f"Snapshot: {outcome.module.display_name}")
+    for name in ("layer", "dir", "i", "norm h_n", "norm c_n"):
+        table.add_column(name, justify="left" if name == "dir" else "right")
+    for r in outcome.view.rows:
+        table.add_row(str(r.layer), DIR_SHORT[r.direction], str(r.index), _num(r.h_n.norm), _num(r.c_n.norm))
+    console.print(table)
+    console.print(Text.assemble(("Wrote ", "bold"), str(path),
+                                f"  ({size:,} bytes; h_n {tuple(outcome.result.h_n.shape)}, c_n {tuple(outcome.result.c_n.shape)})"))
+    render_verdict(console, outcome.view)
+
+
+def render_state(console: Console, state, view: StateView) -> None:
+    """``show-state``: metadata, named shapes and the per-layer/direction table."""
+    grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("State", Text.assemble(str(state.path), (f"  ({state.kind})", "dim")))
+    m = state.meta or {}
+    if m:
+        spec_line = (f"{m['num_layers']} layers x {m['num_directions']} directions, hidden {m['hidden_size']}, "
+                     f"proj {m['proj_size']}, input {m['input_size']}, batch {m['batch_size']}, {m['dtype']}")
+        grid.add_row("Model", Text(f"{m['module'] or '(top level)'}: {spec_line}"))
+        for k in sorted(k for k in m if k.endswith("sha256")):
+            grid.add_row("", Text(f"{k}: {m[k][:16] + '...' if m[k] else '-'}", style="dim"))
+        grid.add_row("", Text(f"lstmscope {m.get('lstmscope_version')}, format {m.get('format_version')}", style="dim"))
+    if state.meta is None:
+        grid.add_row("", Text("no lstmscope metadata: shapes only (--num-directions tells directions apart)", style="dim"))
+    console.print(grid)
+    width = state.output.shape[-1] if state.output is not None else None
+    render_view(console, view, view.output_shape(width) if width is not None else None,
+                hint="output holds the last layer only; earlier layers cannot be checked from a snapshot.")
+
+
+def render_diff(console: Console, res) -> None:
+    console.print(Text.assemble(("A ", "bold"), res.a, ("   B (reference) ", "bold"), res.b))
+    console.print(Text(f"pass when |a - b| <= atol + rtol * |b|, atol={res.atol:g}, rtol={res.rtol:g}"
+                       + (", NaN == NaN" if res.equal_nan else ""), style="dim"))
+    for kind, fields in (("architecture", res.architecture), ("provenance", res.provenance)):
+        for f, (va, vb) in fields.items():
+            style = BAD_STYLE if kind == "architecture" else "dim"
+            console.print(Text(f"{kind} differs: {f}: {va} (A) vs {vb} (B)", style=style))
+    if not res.comparable:
+        console.print(Text("Not comparable: the two states come from differently shaped LSTMs or batches.", style=BAD_STYLE))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name, justify in (("tensor", "left"), ("shape", "left"), ("max |diff|", "right"), ("at", "left"),
+                          ("max rel", "right"), ("mismatched", "right"), ("cosine", "right"), ("", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "tensor", overflow="fold")
+    for r in res.rows:
+        name = r.tensor if r.layer is None else f"{r.tensor} {r.layer} {DIR_SHORT[r.direction]}"
+        mark = Text("PASS", style=OK_STYLE) if r.passed else Text("FAIL", style=BAD_STYLE)
+        if r.shape_b is not None:
+            table.add_row(Text(name), Text(f"{tuple(r.shape)} vs {tuple(r.shape_b)}"), "-", "", "-", "-", "-", mark)
+            continue
+        at = "(" + ",".join(str(i) for i in r.max_abs_diff_at) + ")" if r.max_abs_diff_at else ""
+        table.add_row(Text(name), "x".join(str(d) for d in r.shape), _num(r.max_abs_diff, ".2e"), at,
+                      _num(r.max_rel_diff, ".2e"), f"{r.mismatched}/{r.total} ({r.mismatched_pct:.3g}%)",
+                      _num(r.cosine, ".6f"), mark)
+    console.print(table)
+    for side, names in (("A", res.only_in_a), ("B", res.only_in_b)):
+        if names:
+            console.print(Text(f"only in {side}: {', '.join(names)}", style=BAD_STYLE))
+    if res.equal:
+        console.print(Text("States match within tolerance.", style=OK_STYLE))
+    else:
+        bad = sum(not r.passed for r in res.rows)
+        console.print(Text(f"States differ: {bad} of {len(res.rows)} rows fail"
+                           + (", tensors missing on one side" if res.only_in_a or res.only_in_b else "") + ".",
+                           style=BAD_STYLE))

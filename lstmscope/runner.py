@@ -6,7 +6,8 @@ Torch is imported here only when a run actually starts (through ``lstmscope.engi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from pathlib import Path
+from dataclasses import dataclass, field
 
 from lstmscope.checkpoint import Checkpoint, read_checkpoint
 from lstmscope.errors import UsageError
@@ -30,6 +31,8 @@ class RunOptions:
     batch_index: int | None = None
     units: str | None = None
     device: str = "cpu"
+    initial_state: str | os.PathLike | None = None  # a state file whose h_n/c_n seed the run
+    broadcast_state: bool = False  # allow a batch-1 initial state for a larger batch
 
 
 @dataclass
@@ -39,6 +42,8 @@ class RunOutcome:
     sequences: Sequences
     result: "object"  # lstmscope.engine.RunResult
     view: StateView
+    initial_state_sha256: str | None = None
+    notes: list[str] = field(default_factory=list)  # one-line remarks for stderr
 
 
 def execute_run(opts: RunOptions) -> RunOutcome:
@@ -54,6 +59,18 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         expected_features=module.spec.input_size,
         module_name=module.display_name,
     )
+    h0 = c0 = None
+    state_sha = None
+    notes = []
+    if opts.initial_state is not None:
+        from lstmscope.snapshot import file_sha256, fit_state, read_state_file
+
+        state = read_state_file(opts.initial_state, allow_torch=True)
+        h0, c0 = fit_state(state, module.display_name, module.spec, seqs.batch, broadcast=opts.broadcast_state)
+        state_sha = file_sha256(state.path)
+        if module.spec.bidirectional:
+            notes.append("note: bidirectional model: the backward direction's initial state enters at the last time "
+                         "step, so a chunked run cannot equal the whole run (the backward pass needs the future)")
     from lstmscope.engine import run_lstm
 
     result = run_lstm(
@@ -64,6 +81,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         dtype=opts.dtype,
         all_layers=opts.all_layers,
         device=opts.device,
+        h0=h0,
+        c0=c0,
     )
     if result.layer_outputs is not None:
         layer_outputs = dict(enumerate(result.layer_outputs))
@@ -80,4 +99,27 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         batch_index=opts.batch_index,
         units=opts.units,
     )
-    return RunOutcome(ck, module, seqs, result, view)
+    return RunOutcome(ck, module, seqs, result, view, state_sha, notes)
+
+
+def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False):
+    """Run, then write a v1 snapshot of the final states. Returns (outcome, written path, metadata)."""
+    from lstmscope.fileio import check_target
+    from lstmscope.snapshot import snapshot_metadata, write_snapshot
+
+    out_path = Path(out)
+    check_target(out_path, force)  # refuse before spending time on the run
+    outcome = execute_run(opts)
+    res, seqs = outcome.result, outcome.sequences
+    meta = snapshot_metadata(
+        outcome.module.spec, batch_size=seqs.batch, dtype=str(res.h_n.dtype), module=outcome.module.prefix,
+        checkpoint_sha256=outcome.checkpoint.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
+        initial_state_sha256=outcome.initial_state_sha256,
+    )
+    tensors = {"h_n": res.h_n, "c_n": res.c_n}
+    if include_output:
+        tensors["output"] = res.output
+    if seqs.lengths is not None:
+        tensors["lengths"] = seqs.lengths
+    write_snapshot(out_path, tensors, meta, force=force)
+    return outcome, out_path, meta

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmscope.errors import InputError, clean_message
+from lstmscope.fileio import file_sha256
 
 LAYOUT_BATCH_FIRST = "batch_first"  # (B, T, F)
 LAYOUT_TIME_MAJOR = "time_major"  # (T, B, F)
@@ -54,14 +54,6 @@ class Sequences:
     @property
     def display_name(self) -> str:
         return f"{self.path.name}[{self.key}]" if self.key else self.path.name
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -144,7 +136,7 @@ def load_sequences(
         lengths = lobj
     if lengths is not None:
         lengths = check_lengths(lengths, lengths_source, b, t)
-    return Sequences(path, key, data, layout, lengths, lengths_source, _sha256(path))
+    return Sequences(path, key, data, layout, lengths, lengths_source, file_sha256(path))
 
 
 def _pick_key(path: Path, arrays: dict, key: str | None) -> str:

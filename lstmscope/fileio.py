@@ -1,0 +1,68 @@
+"""Atomic file writes: a temporary file in the target directory, then ``os.replace``.
+
+Nothing is ever half-written: on any failure (KeyboardInterrupt included) the temporary file is
+removed and the target is untouched. An existing target is only replaced with ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from lstmscope.errors import OutputError
+
+
+def check_target(path: Path, force: bool) -> None:
+    """Refuse early (before any work) when ``path`` cannot or must not be written."""
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name, e.g. {path / 'state.safetensors'}")
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists; pass --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: directory {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, force: bool) -> Iterator[BinaryIO]:
+    """Yield a binary file; on clean exit it replaces ``path``; on any exception it vanishes."""
+    path = Path(path)
+    check_target(path, force)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists() and not force:  # appeared while we worked
+            raise OutputError(f"{path} already exists; pass --force to overwrite it")
+        _replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """The one step that publishes a finished file (a separate function so tests can fail it)."""
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

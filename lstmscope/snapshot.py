@@ -1,0 +1,278 @@
+"""State snapshots: the lstmscope v1 safetensors format, and foreign state files. numpy only.
+
+A v1 snapshot holds ``h_n`` (num_layers * num_directions, batch, proj_size or hidden_size) and
+``c_n`` (num_layers * num_directions, batch, hidden_size) in PyTorch's native layout, optionally
+``output`` (batch, time, num_directions * out; always batch-first) and ``lengths`` (int64), and exactly
+one metadata entry, ``lstmscope.state``, whose value is canonical JSON (sorted keys, no spaces).
+
+The file is written by this module (not by safetensors.save) so that the bytes are a pure function
+of the content: header keys sorted, tensors in name order, header padded to 8 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstmscope import __version__
+from lstmscope.errors import StateError, clean_message
+from lstmscope.fileio import atomic_writer, file_sha256  # noqa: F401 (re-exported)
+from lstmscope.spec import LSTMSpec
+
+FORMAT_VERSION = 1
+METADATA_KEY = "lstmscope.state"
+ARCHITECTURE_FIELDS = ("num_layers", "num_directions", "hidden_size", "proj_size", "input_size", "batch_size")
+PROVENANCE_FIELDS = ("dtype", "module", "checkpoint_sha256", "input_sha256", "lengths_sha256",
+                     "initial_state_sha256", "lstmscope_version", "format_version")
+_ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32"}
+_NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+STATE_NAMES = (("h_n", "c_n"), ("h0", "c0"))
+
+
+@dataclass
+class StateFile:
+    """A state read from disk: a v1 snapshot (``meta`` set) or a foreign file (``meta`` None)."""
+
+    path: Path
+    h_n: np.ndarray  # (num_layers * num_directions, batch, out)
+    c_n: np.ndarray  # (num_layers * num_directions, batch, hidden)
+    output: np.ndarray | None  # (batch, time, num_directions * out)
+    lengths: np.ndarray | None  # (batch,) int64
+    meta: dict[str, Any] | None
+    kind: str  # "lstmscope snapshot v1", "safetensors", "npz", "torch"
+    extra: dict[str, np.ndarray]  # any other tensors in the file
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {"h_n": self.h_n, "c_n": self.c_n}
+        if self.output is not None:
+            out["output"] = self.output
+        if self.lengths is not None:
+            out["lengths"] = self.lengths
+        out.update(self.extra)
+        return out
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def array_sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def snapshot_metadata(spec: LSTMSpec, *, batch_size: int, dtype: str, module: str, checkpoint_sha256: str | None,
+                      input_sha256: str | None, lengths: np.ndarray | None = None,
+                      initial_state_sha256: str | None = None) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "num_layers": spec.num_layers,
+        "num_directions": spec.num_directions,
+        "hidden_size": spec.hidden_size,
+        "proj_size": spec.proj_size,
+        "input_size": spec.input_size,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "module": module,
+        "checkpoint_sha256": checkpoint_sha256,
+        "input_sha256": input_sha256,
+        "lengths_sha256": None if lengths is None else array_sha256(np.asarray(lengths, dtype=np.int64)),
+        "initial_state_sha256": initial_state_sha256,
+        "lstmscope_version": __version__,
+    }
+
+
+def encode_header(tensors: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
+    """The safetensors header for tensors given as name -> (numpy dtype name, shape), in name order."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    order = sorted(tensors)
+    for name in order:
+        dtype, shape = tensors[name]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, order
+
+
+def write_snapshot(path: str | os.PathLike, tensors: dict[str, np.ndarray], meta: dict[str, Any], *,
+                   force: bool = False) -> Path:
+    """Write a v1 snapshot atomically. ``tensors`` must include h_n and c_n."""
+    path = Path(path)
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items() if v is not None}
+    for k, v in arrays.items():
+        if v.dtype.name not in _ST_DTYPES:
+            raise StateError(f"cannot store {k} of dtype {v.dtype} in a snapshot")
+    head, order = encode_header({k: (v.dtype.name, v.shape) for k, v in arrays.items()},
+                                {METADATA_KEY: canonical_json(meta)})
+    with atomic_writer(path, force) as f:
+        f.write(head)
+        for name in order:
+            f.write(memoryview(arrays[name].astype(arrays[name].dtype.newbyteorder("<"), copy=False)).cast("B"))
+    return path
+
+
+def _sniff(path: Path) -> str:
+    if not path.exists():
+        raise StateError(f"{path}: no such state file")
+    if path.is_dir():
+        raise StateError(f"{path} is a directory; expected a state file (.safetensors or .npz)")
+    if path.stat().st_size == 0:
+        raise StateError(f"{path} is empty (0 bytes); expected a state file (.safetensors or .npz)")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
+            return "npz"
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch"
+    raise StateError(f"{path} is not a state file: expected a .safetensors snapshot or an .npz with h_n and c_n")
+
+
+def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> StateFile:
+    """Read a v1 snapshot or a foreign state file. torch files only when ``allow_torch``."""
+    path = Path(path)
+    kind = _sniff(path)
+    meta = None
+    if kind == "safetensors":
+        arrays, raw_meta = _read_safetensors(path)
+        if raw_meta and METADATA_KEY in raw_meta:
+            try:
+                meta = json.loads(raw_meta[METADATA_KEY])
+            except json.JSONDecodeError:
+                raise StateError(f"{path}: metadata '{METADATA_KEY}' is not valid JSON") from None
+            if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+                raise StateError(f"{path}: unsupported lstmscope snapshot format_version "
+                                 f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}; this lstmscope reads {FORMAT_VERSION}")
+            kind = "lstmscope snapshot v1"
+    elif kind == "npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise StateError(f"{path}: cannot read .npz ({clean_message(e)})") from None
+    else:
+        if not allow_torch:
+            raise StateError(f"{path} is a torch file; diff-states and show-state read safetensors/.npz only "
+                             f"(torch-free). Convert it first: lstmscope import-state {path.name} -o state.safetensors --checkpoint CKPT")
+        arrays = _read_torch_state(path)
+    return _assemble(path, arrays, meta, kind)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str] | None]:
+    from lstmscope.checkpoint import read_safetensors_header  # validates offsets before reading
+
+    try:
+        read_safetensors_header(path)
+    except Exception as e:
+        raise StateError(clean_message(e)) from None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata()
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:
+        raise StateError(f"{path}: cannot read safetensors ({clean_message(e)})") from None
+
+
+def _read_torch_state(path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise StateError(f"{path}: cannot read torch state file ({clean_message(e)})") from None
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        obj = {"h_n": obj[0], "c_n": obj[1]}
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise StateError(f"{path}: a torch state file must hold an (h, c) tuple or a dict of tensors with h_n and c_n")
+    return {str(k): v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy() for k, v in obj.items()}
+
+
+def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> StateFile:
+    for h_key, c_key in STATE_NAMES:
+        if h_key in arrays and c_key in arrays:
+            break
+    else:
+        raise StateError(f"{path} holds {', '.join(sorted(arrays)) or 'no tensors'}; a state file needs h_n and c_n "
+                         "(or h0 and c0) in PyTorch's layout (num_layers * num_directions, batch, hidden)")
+    h, c = arrays.pop(h_key), arrays.pop(c_key)
+    for name, a in ((h_key, h), (c_key, c)):
+        if a.ndim != 3:
+            raise StateError(f"{path}: {name} has shape {tuple(a.shape)}; expected 3-D (num_layers * num_directions, batch, hidden)")
+        if a.dtype.kind != "f":
+            raise StateError(f"{path}: {name} is {a.dtype}; expected floating point")
+    if h.shape[:2] != c.shape[:2]:
+        raise StateError(f"{path}: {h_key} {tuple(h.shape)} and {c_key} {tuple(c.shape)} disagree on "
+                         "(num_layers * num_directions, batch)")
+    output = arrays.pop("output", None)
+    lengths = arrays.pop("lengths", None)
+    if lengths is not None:
+        lengths = np.asarray(lengths).astype(np.int64)
+    return StateFile(path, h, c, output, lengths, meta, kind, arrays)
+
+
+def fit_state(state: StateFile, module: str, spec: LSTMSpec, batch: int, *, broadcast: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(h0, c0) for a run of ``spec`` on ``batch`` sequences, or one StateError listing every mismatch."""
+    problems = []
+    ld = spec.num_layers * spec.num_directions
+    p, hdim = spec.output_size, spec.hidden_size
+    m = state.meta or {}
+    for field_name, want in (("num_layers", spec.num_layers), ("num_directions", spec.num_directions),
+                             ("hidden_size", hdim), ("proj_size", spec.proj_size), ("input_size", spec.input_size)):
+        if field_name in m and m[field_name] != want:
+            problems.append(f"{field_name} is {m[field_name]}, the model has {want}")
+    if state.h_n.shape[0] != ld:
+        problems.append(f"h_n has {state.h_n.shape[0]} layer*direction slices, the model needs {ld} "
+                        f"({spec.num_layers} layers x {spec.num_directions} directions)")
+    if state.h_n.shape[2] != p:
+        problems.append(f"h_n is {state.h_n.shape[2]} wide, the model needs {p} "
+                        f"({'proj_size' if spec.proj_size else 'hidden_size'})")
+    if state.c_n.shape[2] != hdim:
+        problems.append(f"c_n is {state.c_n.shape[2]} wide, the model needs hidden_size {hdim}")
+    sb = state.h_n.shape[1]
+    if sb != batch and not (sb == 1 and broadcast):
+        hint = " (pass --broadcast-state to use one state for every sequence)" if sb == 1 else ""
+        problems.append(f"the state has batch {sb}, the input has {batch} sequences{hint}")
+    if problems:
+        raise StateError(f"{state.path} does not fit module '{module}': "
+                         + "; ".join(problems))
+    for name, a in (("h_n", state.h_n), ("c_n", state.c_n)):
+        if not np.all(np.isfinite(a)):
+            raise StateError(f"{state.path}: {name} holds {int(a.size - np.count_nonzero(np.isfinite(a)))} NaN/Inf values; "
+                             "refusing to seed a run with them")
+    h0, c0 = state.h_n, state.c_n
+    if sb != batch:
+        h0 = np.broadcast_to(h0, (ld, batch, p))
+        c0 = np.broadcast_to(c0, (ld, batch, hdim))
+    return h0, c0
+
+
+def spec_from_state(state: StateFile, num_directions: int | None = None) -> LSTMSpec:
+    """The LSTM shape a state file describes: from its metadata, else from its tensors' shapes
+    (then ``input_size`` is unknown, 0, and directions come from ``num_directions`` or default to 1)."""
+    m = state.meta
+    if m:
+        return LSTMSpec(m["input_size"], m["hidden_size"], m["proj_size"], m["num_layers"], m["num_directions"] == 2,
+                        True, m.get("dtype", str(state.h_n.dtype)))
+    d = num_directions or 1
+    ld, _, p = state.h_n.shape
+    if d not in (1, 2) or ld % d:
+        raise StateError(f"{state.path}: h_n has {ld} layer*direction slices, which --num-directions {d} does not divide")
+    h = state.c_n.shape[2]
+    return LSTMSpec(0, h, 0 if p == h else p, ld // d, d == 2, True, str(state.h_n.dtype))
