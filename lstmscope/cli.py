@@ -22,7 +22,8 @@ EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="lstmscope",
-    help="Look inside LSTM state: h_n and c_n against output, per layer and direction.",
+    help="Look inside LSTM state: h_n and c_n against output, per layer and direction.\n\n"
+    "Exit codes: 0 ok; 1 a check failed or states differ; 2 usage error or bad input.",
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,

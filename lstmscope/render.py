@@ -161,7 +161,8 @@ def render_verdict(console: Console, view: StateView) -> None:
         return
     bad = [c for c in view.checks if not c.ok]
     if not bad:
-        console.print(Text(f"All {len(view.checks)} checks ok", style=OK_STYLE),
+        n = len(view.checks)
+        console.print(Text(f"All {n} checks ok" if n > 1 else "1 check ok", style=OK_STYLE),
                       Text("(max |diff| <= 1e-6): h_n equals output at each direction's last step."))
     else:
         console.print(Text(f"{len(bad)} of {len(view.checks)} checks failed", style=BAD_STYLE),
@@ -254,7 +255,8 @@ def render_diff(console: Console, res) -> None:
     for kind, fields in (("architecture", res.architecture), ("provenance", res.provenance)):
         for f, (va, vb) in fields.items():
             style = BAD_STYLE if kind == "architecture" else "dim"
-            console.print(Text(f"{kind} differs: {f}: {va} (A) vs {vb} (B)", style=style))
+            short = [v[:12] + "..." if f.endswith("sha256") and isinstance(v, str) else v for v in (va, vb)]
+            console.print(Text(f"{kind} differs: {f}: {short[0]} (A) vs {short[1]} (B)", style=style))
     if not res.comparable:
         console.print(Text("Not comparable: the two states come from differently shaped LSTMs or batches.", style=BAD_STYLE))
         return
