@@ -12,24 +12,25 @@ import json
 import os
 import pickletools
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lstmscope.errors import CheckpointError, clean_message
-from lstmscope.fileio import file_sha256
+from lstmscope.fileio import check_source, file_sha256
 from lstmscope.spec import LSTMModule, TensorInfo, find_lstm_modules, select_module
 
 SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64", "F8_E8M0": "float8_e8m0fnu",
 }
 _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
              "int8": 1, "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
-             "float8_e4m3fn": 1, "float8_e5m2": 1}
+             "float8_e4m3fn": 1, "float8_e5m2": 1, "complex64": 8, "float8_e8m0fnu": 1}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 FORMAT_SAFETENSORS = "safetensors"
@@ -62,15 +63,6 @@ class Checkpoint:
         return {name: loaded[key] for name, key in keys.items()}
 
 
-def _check_readable(path: Path, what: str) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such {what} file")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; expected a {what} file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes); expected a {what} file")
-
-
 def sniff_format(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
@@ -85,6 +77,9 @@ def sniff_format(path: Path) -> str:
         if "model.weights.h5" in names or "config.json" in names:
             raise CheckpointError(f"{path} is a Keras 3 (.keras) archive; lstmscope reads PyTorch (.pt/.pth/.bin/.ckpt) and .safetensors checkpoints")
         raise CheckpointError(f"{path} is a zip archive without data.pkl, so not a PyTorch checkpoint")
+    if head[:2] == b"PK":
+        raise CheckpointError(f"{path} is a damaged or truncated zip archive (an interrupted download?); "
+                              "a PyTorch checkpoint cannot be read from it")
     if len(head) >= 9 and head[8:9] == b"{":
         return FORMAT_SAFETENSORS
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
@@ -99,7 +94,7 @@ def sniff_format(path: Path) -> str:
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint, list its tensors and find its LSTMs."""
     path = Path(path)
-    _check_readable(path, "checkpoint")
+    check_source(path, "checkpoint", CheckpointError)
     fmt = sniff_format(path)
     if fmt == FORMAT_SAFETENSORS:
         tensors = read_safetensors_header(path)
@@ -136,7 +131,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         if key == "__metadata__":
             continue
         try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) or str(entry["dtype"]).lower()
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -146,7 +141,8 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             if d < 0:
                 raise CheckpointError(f"{path}: safetensors tensor {key!r} has a negative dimension {shape}")
             count *= d
-        if not (0 <= begin <= end <= body) or end - begin != count * _ITEMSIZE[dtype]:
+        size_ok = dtype not in _ITEMSIZE or end - begin == count * _ITEMSIZE[dtype]  # unknown dtypes: no size check
+        if not (0 <= begin <= end <= body) or not size_ok:
             raise CheckpointError(
                 f"{path}: safetensors tensor {key!r} claims bytes {begin}..{end} for {dtype} {shape}, "
                 f"but the data section holds {body} bytes; the file is truncated or corrupt"
@@ -174,15 +170,21 @@ def _torch_load_flat(path: Path, fmt: str) -> dict[str, Any]:
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == FORMAT_TORCH_ZIP))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol N": not the user's concern
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == FORMAT_TORCH_ZIP))
     except Exception as e:
         text = clean_message(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
-            needed = pickle_globals(path, fmt)
-            names = ", ".join(needed) if needed else "classes outside torch's weights-only allow-list"
+        needed = pickle_globals(path, fmt) if "weights_only" in text or "Weights only" in text else []
+        if needed:
             raise CheckpointError(
                 f"{path} is a full-module pickle (torch.save(model)); reading it would run code from the file, "
-                f"which lstmscope never does. It needs: {names}. Save model.state_dict() instead"
+                f"which lstmscope never does. It needs: {', '.join(needed)}. Save model.state_dict() instead"
+            ) from None
+        if "Unsupported operand" in text:
+            raise CheckpointError(
+                f"{path} uses pickle opcodes torch's weights-only loader cannot read (pickle protocol 4 or 5?); "
+                "re-save it with torch.save(obj, path) and the default protocol"
             ) from None
         raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({text})") from None
     flat: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lstmscope.errors import UsageError
 from lstmscope.report import DIRECTIONS
 from lstmscope.snapshot import ARCHITECTURE_FIELDS, PROVENANCE_FIELDS, StateFile
 
@@ -76,7 +77,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, eq
     fa, fb = a.reshape(-1), b.reshape(-1)
     n = fa.size
     best, best_at, best_rel, bad = -1.0, 0, 0.0, 0
-    dot = na = nb = 0.0
+    dot = na = nb = sx = sy = 0.0
     for s in range(0, n, BLOCK):
         x = np.asarray(fa[s:s + BLOCK], dtype=np.float64)
         y = np.asarray(fb[s:s + BLOCK], dtype=np.float64)
@@ -85,9 +86,12 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, eq
             both_nan = np.isnan(x) & np.isnan(y)
             d[both_nan] = 0.0 if equal_nan else np.inf
             d[np.isnan(d)] = np.inf  # NaN on one side, or inf - inf
-            same_inf = np.isinf(x) & (x == y)
-            d[same_inf] = 0.0
-            ok = d <= atol + rtol * np.abs(y)
+            inf_y = np.isinf(y)
+            d[np.isinf(x) & (x == y)] = 0.0  # the same infinity on both sides
+            ok = d <= atol + rtol * np.where(inf_y, 0.0, np.abs(y))  # an infinite reference admits only itself
+            ok[inf_y] = x[inf_y] == y[inf_y]
+            if equal_nan:
+                ok |= both_nan
             bad += int(d.size - np.count_nonzero(ok))
             i = int(np.argmax(d))
             if d[i] > best:
@@ -97,15 +101,25 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, eq
             best_rel = max(best_rel, float(rel.max()))
             fin = np.isfinite(x) & np.isfinite(y)
             xf, yf = x[fin], y[fin]
-            dot += float(np.dot(xf, yf))
-            na += float(np.dot(xf, xf))
-            nb += float(np.dot(yf, yf))
+            # Sums of squares of x/sx and y/sy, with sx, sy the largest |value| so far: neither
+            # overflows for huge states nor underflows for tiny ones.
+            if xf.size:
+                bx, by = float(np.abs(xf).max()), float(np.abs(yf).max())
+                if bx > sx:
+                    na, dot, sx = na * (sx / bx) ** 2, dot * (sx / bx), bx
+                if by > sy:
+                    nb, dot, sy = nb * (sy / by) ** 2, dot * (sy / by), by
+                if sx > 0 and sy > 0:
+                    xs, ys = xf / sx, yf / sy
+                    dot += float(np.dot(xs, ys))
+                    na += float(np.dot(xs, xs))
+                    nb += float(np.dot(ys, ys))
     if na == 0.0 and nb == 0.0:
         cos = 1.0
     elif na == 0.0 or nb == 0.0:
         cos = 0.0
     else:
-        cos = dot / np.sqrt(na * nb)
+        cos = min(1.0, max(-1.0, dot / (np.sqrt(na) * np.sqrt(nb))))
     at = [int(v) for v in np.unravel_index(best_at, a.shape)] if n else None
     return DiffRow(tensor, layer, direction, list(a.shape), None, max(best, 0.0), at, best_rel, bad, n,
                    float(cos), bad == 0)
@@ -126,10 +140,14 @@ def diff_states(a: StateFile, b: StateFile, *, atol: float = DEFAULT_ATOL, rtol:
     res.only_in_b = sorted(set(tb) - set(ta))
     if not res.comparable:
         return res
+    if num_directions is not None and num_directions not in (1, 2):
+        raise UsageError(f"--num-directions {num_directions}: an LSTM has 1 or 2 directions")
     dirs = num_directions or ma.get("num_directions") or mb.get("num_directions")
     for name in sorted(set(ta) & set(tb), key=lambda k: ({"h_n": 0, "c_n": 1}.get(k, 2), k)):
         x, y = ta[name], tb[name]
-        if name in ("h_n", "c_n") and dirs and x.shape == y.shape and x.shape[0] % dirs == 0:
+        if name in ("h_n", "c_n") and dirs and x.shape[0] % dirs:
+            raise UsageError(f"{name} has {x.shape[0]} layer*direction slices, which {dirs} directions do not divide")
+        if name in ("h_n", "c_n") and dirs and x.shape == y.shape:
             for i in range(x.shape[0]):
                 res.rows.append(compare_arrays(x[i], y[i], atol=atol, rtol=rtol, equal_nan=equal_nan, tensor=name,
                                                layer=i // dirs, direction=DIRECTIONS[i % dirs]))

@@ -13,7 +13,19 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from lstmscope.errors import OutputError
+from lstmscope.errors import LstmscopeError, OutputError
+
+
+def check_source(path: Path, what: str, error: type[LstmscopeError]) -> None:
+    """Refuse a path that is missing, a directory, unreadable or empty, naming ``what`` it should be."""
+    if not path.exists():
+        raise error(f"{path}: no such {what} file")
+    if path.is_dir():
+        raise error(f"{path} is a directory; expected a {what} file")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: permission denied; cannot read the {what} file")
+    if path.stat().st_size == 0:
+        raise error(f"{path} is empty (0 bytes); expected a {what} file")
 
 
 def check_target(path: Path, force: bool) -> None:
@@ -39,6 +51,9 @@ def atomic_writer(path: Path, force: bool) -> Iterator[BinaryIO]:
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a finished file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -112,7 +112,7 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     outcome = execute_run(opts)
     res, seqs = outcome.result, outcome.sequences
     meta = snapshot_metadata(
-        outcome.module.spec, batch_size=seqs.batch, dtype=str(res.h_n.dtype), module=outcome.module.prefix,
+        outcome.module.spec, batch_size=seqs.batch, dtype=res.dtype, module=outcome.module.prefix,
         checkpoint_sha256=outcome.checkpoint.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
         initial_state_sha256=outcome.initial_state_sha256,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmscope.errors import InputError, clean_message
-from lstmscope.fileio import file_sha256
+from lstmscope.fileio import check_source, file_sha256
 
 LAYOUT_BATCH_FIRST = "batch_first"  # (B, T, F)
 LAYOUT_TIME_MAJOR = "time_major"  # (T, B, F)
@@ -56,29 +56,31 @@ class Sequences:
         return f"{self.path.name}[{self.key}]" if self.key else self.path.name
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{path}: no such {what} file")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; expected a {what} file (.npy or .npz)")
-
-
 def _load_any(path: Path, what: str):
     """np.load without pickles; every failure becomes an InputError naming the file."""
-    _check_file(path, what)
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes); expected a {what} .npy or .npz file")
+    check_source(path, f"{what} (.npy or .npz)", InputError)
     try:
-        obj = np.load(path, allow_pickle=False)
-        if isinstance(obj, np.lib.npyio.NpzFile):
-            return {k: obj[k] for k in obj.files}
-        return obj
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+            fh.seek(0)
+            if magic[:2] == b"PK":
+                if not zipfile.is_zipfile(fh):
+                    raise InputError(f"{path} is a damaged or truncated .npz (zip) archive")
+                fh.seek(0)
+                with np.load(fh, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            if magic != b"\x93NUMPY":
+                kind = "a Python pickle" if magic[:1] == b"\x80" else "no NumPy header"
+                raise InputError(f"{path} is not a .npy/.npz file ({kind}); save arrays with np.save or np.savez")
+            return np.load(fh, allow_pickle=False)
+    except InputError:
+        raise
     except ValueError as e:
         msg = clean_message(e)
         if "allow_pickle" in msg or "pickle" in msg.lower():
             raise InputError(f"{path} holds Python objects (a pickled object array); save numeric arrays with np.save") from None
         raise InputError(f"{path} is not a readable .npy/.npz file ({msg})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise InputError(f"{path} is not a readable .npy/.npz file ({clean_message(e)})") from None
 
 
@@ -118,10 +120,9 @@ def load_sequences(
     b, t, f = data.shape
     if expected_features is not None and f != expected_features:
         lay = {"single": "(T, F)", "batch_first": "(B, T, F)", "time_major": "(T, B, F)"}[layout]
-        hint = " (is the file time-major? try --time-major)" if layout == LAYOUT_BATCH_FIRST and arr.shape[1] == expected_features else ""
         raise InputError(
             f"{where} has {f} features per step (read as {lay} {tuple(arr.shape)}) but the LSTM expects "
-            f"{expected_features} (input_size of module '{module_name}'){hint}"
+            f"{expected_features} (input_size of module '{module_name}')"
         )
     if lengths_path is not None:
         lp = Path(lengths_path)
@@ -170,6 +171,9 @@ def _check_array(arr: np.ndarray, where: str, time_major: bool) -> np.ndarray:
         )
     if dt.kind == "c":
         raise InputError(f"{where} is complex ({dt.name}); expected real float16/float32/float64 sequences")
+    if dt.kind == "f" and dt.newbyteorder("=") in _FLOAT_KINDS and dt not in _FLOAT_KINDS:
+        arr = arr.astype(dt.newbyteorder("="))  # big-endian file: native byte order
+        dt = arr.dtype
     if dt not in _FLOAT_KINDS:
         raise InputError(f"{where} has dtype {dt}; expected float16, float32 or float64")
     if arr.ndim not in (2, 3):
@@ -203,7 +207,7 @@ def check_lengths(lengths, source: str | None, batch: int, time: int) -> np.ndar
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))][0]
-            raise InputError(f"{src} holds {bad!r}, which is not a whole number; lengths count time steps")
+            raise InputError(f"{src} holds {float(bad)}, which is not a whole number; lengths count time steps")
     out = arr.astype(np.int64)
     if np.any(out < 1):
         i = int(np.argmax(out < 1))

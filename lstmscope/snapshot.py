@@ -24,7 +24,7 @@ import numpy as np
 
 from lstmscope import __version__
 from lstmscope.errors import StateError, clean_message
-from lstmscope.fileio import atomic_writer, file_sha256  # noqa: F401 (re-exported)
+from lstmscope.fileio import atomic_writer, check_source, file_sha256  # noqa: F401 (re-exported)
 from lstmscope.spec import LSTMSpec
 
 FORMAT_VERSION = 1
@@ -122,12 +122,7 @@ def write_snapshot(path: str | os.PathLike, tensors: dict[str, np.ndarray], meta
 
 
 def _sniff(path: Path) -> str:
-    if not path.exists():
-        raise StateError(f"{path}: no such state file")
-    if path.is_dir():
-        raise StateError(f"{path} is a directory; expected a state file (.safetensors or .npz)")
-    if path.stat().st_size == 0:
-        raise StateError(f"{path} is empty (0 bytes); expected a state file (.safetensors or .npz)")
+    check_source(path, "state (.safetensors or .npz)", StateError)
     with open(path, "rb") as f:
         head = f.read(9)
     if zipfile.is_zipfile(path):

@@ -136,8 +136,22 @@ def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str) -> list[LS
         groups.setdefault(prefix, {})[name] = key
     modules = []
     for prefix, names in groups.items():
+        if _other_recurrent(names, tensors):
+            continue  # nn.GRU / nn.RNN share the parameter names but have 3 or 1 gates
         modules.append(_infer_module(prefix, names, tensors, source))
     return modules
+
+
+def _other_recurrent(names: dict[str, str], tensors: Mapping[str, TensorInfo]) -> bool:
+    """True when the group is clearly a GRU or plain RNN: weight_hh_l0 is (G*H, H) with G != 4
+    (an LSTM's weight_hh_l0 is (4*H, H), or (4*H, P) with weight_hr_l0)."""
+    if "weight_ih_l0" not in names or "weight_hh_l0" not in names or "weight_hr_l0" in names:
+        return False
+    w_ih, w_hh = tensors[names["weight_ih_l0"]].shape, tensors[names["weight_hh_l0"]].shape
+    if len(w_ih) != 2 or len(w_hh) != 2 or w_ih[0] != w_hh[0] or w_hh[1] == 0:
+        return False
+    gates, rem = divmod(w_hh[0], w_hh[1])
+    return rem == 0 and gates in (1, 3)
 
 
 def _infer_module(prefix: str, names: dict[str, str], tensors: Mapping[str, TensorInfo], source: str) -> LSTMModule:

@@ -322,6 +322,19 @@ def test_library_float64(models, inputs, name, all_layers):
             assert_close(got, want, TOL64)
 
 
+def test_float64_checkpoint_runs_in_float64(invoke, models, inputs, tmp_path):
+    """Without --dtype the run uses the checkpoint's dtype."""
+    m = models["L2-bi-proj-nobias"]
+    ckpt = tmp_path / "f64.pt"
+    torch.save({k: torch.from_numpy(v).double() for k, v in m.params.items()}, ckpt)
+    doc = run_json(invoke, ckpt, inputs.files["x64.npy"])
+    assert doc["model"]["dtype"] == "float64"
+    assert doc["input"]["run_dtype"] == "float64"
+    _, h_n, c_n, _ = reference(m, inputs.x64)
+    assert_states(doc, m, h_n, c_n, TOL64)
+    assert_checks(doc, m, None, [m.num_layers - 1])
+
+
 # --- lengths, layouts and input dtypes ------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["L1", "L2-bi", "L3-bi-proj"])
@@ -333,6 +346,26 @@ def test_lengths_file(invoke, models, inputs, name):
     assert_states(doc, m, h_n, c_n, TOL32)
     assert_checks(doc, m, LENGTHS, [m.num_layers - 1])
     res = run_lib(m.ckpt(), inputs.files["x.npy"], lengths=inputs.files["lengths.npy"]).result
+    assert_close(res.h_n, h_n, TOL32)
+    assert_close(res.c_n, c_n, TOL32)
+
+
+@pytest.mark.parametrize("all_layers", [False, True], ids=["fused", "all-layers"])
+@pytest.mark.parametrize("name", ["L2", "L3-bi-proj"])
+def test_lengths_all_shorter_than_time(invoke, models, inputs, tmp_path, name, all_layers):
+    """max(lengths) < T: output keeps all T steps, zero after each sequence's end."""
+    m = models[name]
+    short = np.array([2, 1, 5, 3], dtype=np.int64)
+    inp = tmp_path / "short.npz"
+    np.savez(inp, x=inputs.x, lengths=short)
+    args = ["--all-layers"] if all_layers else []
+    doc = run_json(invoke, m.ckpt(), inp, *args)
+    out, h_n, c_n, _ = reference(m, inputs.x, short)
+    assert doc["shapes"]["output"] == [B, T, m.D * m.out]
+    assert_states(doc, m, h_n, c_n, TOL32)
+    assert_checks(doc, m, short, range(m.num_layers) if all_layers else [m.num_layers - 1])
+    res = run_lib(m.ckpt(), inp, all_layers=all_layers).result
+    assert_close(res.output, out, TOL32)
     assert_close(res.h_n, h_n, TOL32)
     assert_close(res.c_n, c_n, TOL32)
 
@@ -451,8 +484,8 @@ def test_all_layers_time_major_shapes(invoke, models, inputs):
 
 # --- --batch-index / --units ----------------------------------------------------------------------
 
-def _expected_rows(m: Model, b: int, units: list[int], lengths, all_layers: bool, tol_ref):
-    out, h_n, c_n, layer_outputs = tol_ref
+def _expected_rows(m: Model, b: int, units: list[int], lengths, all_layers: bool, ref, time_major=False):
+    out, h_n, c_n, layer_outputs = ref
     rows = []
     for layer in range(m.num_layers):
         for d in range(m.D):
@@ -463,7 +496,8 @@ def _expected_rows(m: Model, b: int, units: list[int], lengths, all_layers: bool
             if all_layers or layer == m.num_layers - 1:
                 t = (T - 1 if lengths is None else int(lengths[b]) - 1) if d == 0 else 0
                 o = [layer_outputs[layer][b, t, d * m.out + u] if u < m.out else None for u in units]
-                pos = f"output[{b}, {t}, {d * m.out}:{(d + 1) * m.out}]"
+                cols = f"{d * m.out}:{(d + 1) * m.out}"
+                pos = f"output[{t}, {b}, {cols}]" if time_major else f"output[{b}, {t}, {cols}]"
             rows.append(dict(layer=layer, direction=DIRECTIONS[d], units=units, h_n=h, c_n=c, output=o,
                              output_position=pos))
     return rows
@@ -482,29 +516,33 @@ def _assert_values_equal(got, want, tol):
 
 
 CASES_VALUES = [
-    # (model, batch index arg, units arg, expected units, all_layers, lengths)
-    ("L3-bi-proj", "1", "1:5", [1, 2, 3, 4], False, LENGTHS),  # units 3, 4 lie beyond proj_size=3 in h_n
-    ("L3-bi-proj", "3", "0:6", list(range(6)), True, LENGTHS),
-    ("L2", "-1", "2:4", [2, 3], False, None),  # negative index counts from the end
-    ("L2-bi-nobias", "2", "5", [5], True, LENGTHS),  # one unit; batch 2 has length 1
-    ("L1-bi", "0", None, list(range(6)), False, None),  # default: the first min(8, H) units
+    # (model, --batch-index, --units, expected units, --all-layers, --time-major, lengths)
+    ("L3-bi-proj", "1", "1:5", [1, 2, 3, 4], False, False, LENGTHS),  # units 3, 4 lie beyond proj_size=3 in h_n
+    ("L3-bi-proj", "3", "0:6", list(range(6)), True, False, LENGTHS),
+    ("L2-proj", "0", "2:6", [2, 3, 4, 5], True, True, LENGTHS),
+    ("L2", "-1", "2:4", [2, 3], False, False, None),  # negative index counts from the end
+    ("L2-bi-nobias", "2", "5", [5], True, False, LENGTHS),  # one unit; sequence 2 has length 1
+    ("L1-bi", "0", None, list(range(6)), False, True, None),  # default: the first min(8, H) units
 ]
 
 
-@pytest.mark.parametrize("name,bi,units,want_units,all_layers,lengths", CASES_VALUES)
-def test_values_json(invoke, models, inputs, name, bi, units, want_units, all_layers, lengths):
+@pytest.mark.parametrize("name,bi,units,want_units,all_layers,time_major,lengths", CASES_VALUES)
+def test_values_json(invoke, models, inputs, name, bi, units, want_units, all_layers, time_major, lengths):
     m = models[name]
-    inp = inputs.files["x.npy" if lengths is None else "x_len.npz"]
+    files = {(False, False): "x.npy", (False, True): "x_len.npz", (True, False): "x_tm.npy", (True, True): "x_tm_len.npz"}
+    inp = inputs.files[files[time_major, lengths is not None]]
     args = [m.ckpt(), inp, "--batch-index", bi]
     if units is not None:
         args += ["--units", units]
     if all_layers:
         args.append("--all-layers")
+    if time_major:
+        args.append("--time-major")
     doc = run_json(invoke, *args)
     b = int(bi) % B
     vals = doc["values"]
     assert vals["batch_index"] == b
-    want = _expected_rows(m, b, want_units, lengths, all_layers, reference(m, inputs.x, lengths))
+    want = _expected_rows(m, b, want_units, lengths, all_layers, reference(m, inputs.x, lengths), time_major)
     assert len(vals["rows"]) == len(want)
     for got, exp in zip(vals["rows"], want):
         assert (got["layer"], got["direction"], got["units"]) == (exp["layer"], exp["direction"], exp["units"])
