@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from helpers import assert_one_error_line
+
 # --- helpers ---------------------------------------------------------------------------------------
 
 DEFAULT = dict(input_size=3, hidden_size=5, num_layers=1, bias=True, bidirectional=False, proj_size=0)
@@ -61,25 +63,6 @@ def inspect_json(invoke, path) -> dict:
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
     return json.loads(result.stdout)
-
-
-def assert_one_error_line(result, path, *fragments, code: int = 2) -> str:
-    """Exit ``code``, nothing on stdout, exactly one ``Error: `` line on stderr that names the file ``path``
-    and holds every fragment. Returns the line with the file's path and name replaced by <FILE>, and
-    checks fragments there, so words in tmp_path's test-named folders cannot satisfy them."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("Error: "), line
-    assert "Traceback" not in result.stderr
-    assert "internal error" not in line, line
-    assert path.name in line, (path.name, line)
-    rest = line.replace(str(path), "<FILE>").replace(path.name, "<FILE>")
-    for frag in fragments:
-        assert str(frag) in rest, (frag, line)
-    return rest
 
 
 def small_input(tmp_path, features: int = 3):
