@@ -48,9 +48,10 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]  # flattened key ("state_dict.model.lstm.weight_ih_l0") -> info
     modules: list[LSTMModule]
     _load: Callable[[list[str]], dict[str, Any]] = field(repr=False)
+    other_recurrent: list[str] = field(default_factory=list)  # GRU/RNN prefixes, skipped
 
     def module(self, wanted: str | None) -> LSTMModule:
-        return select_module(self.modules, wanted, self.path.name)
+        return select_module(self.modules, wanted, self.path.name, self.other_recurrent)
 
     def load_tensors(self, keys: list[str]) -> dict[str, Any]:
         """torch tensors on CPU for the given flattened keys (imports torch)."""
@@ -103,8 +104,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         flat = _torch_load_flat(path, fmt)
         tensors = {k: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in flat.items()}
         load = lambda keys: {k: flat[k] for k in keys}  # noqa: E731
-    modules = find_lstm_modules(tensors, path.name)
-    return Checkpoint(path=path, format=fmt, sha256=file_sha256(path), tensors=tensors, modules=modules, _load=load)
+    others: list[str] = []
+    modules = find_lstm_modules(tensors, path.name, others)
+    return Checkpoint(path=path, format=fmt, sha256=file_sha256(path), tensors=tensors, modules=modules, _load=load,
+                      other_recurrent=others)
 
 
 # --- safetensors --------------------------------------------------------------------------------
@@ -169,6 +172,17 @@ def _safetensors_loader(path: Path) -> Callable[[list[str]], dict[str, Any]]:
 def _torch_load_flat(path: Path, fmt: str) -> dict[str, Any]:
     import torch
 
+    obj = torch_load(path, fmt)
+    flat: dict[str, Any] = {}
+    _flatten(obj, "", flat, torch.Tensor, depth=0)
+    return flat
+
+
+def torch_load(path: Path, fmt: str | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` to CPU; every failure is one clear CheckpointError."""
+    import torch
+
+    fmt = fmt or sniff_format(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol N": not the user's concern
@@ -187,9 +201,7 @@ def _torch_load_flat(path: Path, fmt: str) -> dict[str, Any]:
                 "re-save it with torch.save(obj, path) and the default protocol"
             ) from None
         raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({text})") from None
-    flat: dict[str, Any] = {}
-    _flatten(obj, "", flat, torch.Tensor, depth=0)
-    return flat
+    return obj
 
 
 def _flatten(obj: Any, prefix: str, out: dict[str, Any], tensor_type: type, depth: int) -> None:

@@ -23,7 +23,8 @@ EXIT_INTERRUPTED = 130
 app = typer.Typer(
     name="lstmscope",
     help="Look inside LSTM state: h_n and c_n against output, per layer and direction.\n\n"
-    "Exit codes: 0 ok; 1 a check failed or states differ; 2 usage error or bad input.",
+    "Exit codes: 0 ok; 1 a check failed or states differ; 2 usage error or bad input; "
+    "3 internal error (a bug); 130 interrupted.",
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
@@ -233,10 +234,11 @@ def import_state(
 ) -> None:
     """Convert a foreign state file into an lstmscope v1 snapshot with full metadata."""
     from lstmscope.checkpoint import read_checkpoint
-    from lstmscope.fileio import check_target, file_sha256
+    from lstmscope.fileio import check_target, file_sha256, refuse_overwriting_sources
     from lstmscope.snapshot import fit_state, read_state_file, snapshot_metadata, write_snapshot
 
     check_target(output, force)
+    refuse_overwriting_sources(output, file, checkpoint)
     ck = read_checkpoint(checkpoint)
     mod = ck.module(module)
     state = read_state_file(file, allow_torch=True)
@@ -269,6 +271,8 @@ def diff_states(
     json_out: JsonOpt = False,
 ) -> None:
     """Compare two state snapshots per layer and direction. Exit 0 equal, 1 different, 2 unreadable.
+
+    --quiet overrides --json: nothing is printed.
 
     An element passes when |a - b| <= atol + rtol * |b|; defaults are torch.testing's float32 ones.
     """

@@ -78,6 +78,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, eq
     n = fa.size
     best, best_at, best_rel, bad = -1.0, 0, 0.0, 0
     dot = na = nb = sx = sy = 0.0
+    nonfinite = False
     for s in range(0, n, BLOCK):
         x = np.asarray(fa[s:s + BLOCK], dtype=np.float64)
         y = np.asarray(fb[s:s + BLOCK], dtype=np.float64)
@@ -100,6 +101,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, eq
             rel = np.where(ay > 0, d / np.where(ay > 0, ay, 1.0), np.where(d > 0, np.inf, 0.0))
             best_rel = max(best_rel, float(rel.max()))
             fin = np.isfinite(x) & np.isfinite(y)
+            nonfinite = nonfinite or not bool(fin.all())
             xf, yf = x[fin], y[fin]
             # Sums of squares of x/sx and y/sy, with sx, sy the largest |value| so far: neither
             # overflows for huge states nor underflows for tiny ones.
@@ -114,7 +116,9 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, eq
                     dot += float(np.dot(xs, ys))
                     na += float(np.dot(xs, xs))
                     nb += float(np.dot(ys, ys))
-    if na == 0.0 and nb == 0.0:
+    if nonfinite:
+        cos = float("nan")  # undefined where either side holds NaN/Inf (JSON null)
+    elif na == 0.0 and nb == 0.0:
         cos = 1.0
     elif na == 0.0 or nb == 0.0:
         cos = 0.0

@@ -41,6 +41,13 @@ def check_target(path: Path, force: bool) -> None:
         raise OutputError(f"cannot write {path}: directory {parent} is not writable")
 
 
+def refuse_overwriting_sources(out: Path, *sources) -> None:
+    """An output that is one of the command's own inputs would destroy it: refuse, even with --force."""
+    for src in sources:
+        if src is not None and Path(src).exists() and out.exists() and os.path.samefile(src, out):
+            raise OutputError(f"{out} is also an input of this command; write the snapshot to another file")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, force: bool) -> Iterator[BinaryIO]:
     """Yield a binary file; on clean exit it replaces ``path``; on any exception it vanishes."""

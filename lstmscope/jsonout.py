@@ -103,6 +103,8 @@ def run_document(outcome) -> dict:
             "h_n": list(result.h_n.shape),
             "c_n": list(result.c_n.shape),
         },
+        "initial_state": None if outcome.initial_state_path is None else
+        {"path": outcome.initial_state_path, "sha256": outcome.initial_state_sha256},
         **states_fields(view),
         "ok": view.all_ok,
     }

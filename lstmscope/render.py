@@ -42,7 +42,8 @@ def describe_spec(spec: LSTMSpec) -> str:
 def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule]) -> None:
     console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt})"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("module", overflow="fold", min_width=12)
+    longest = max([len(m.display_name) for m in modules] + [6])
+    table.add_column("module", overflow="fold", min_width=min(longest, 40))
     for name in ("input", "hidden", "proj", "layers", "bidir", "bias", "dtype", "params"):
         table.add_column(name, justify="left" if name in ("bias", "bidir", "dtype") else "right", no_wrap=True)
     for m in modules:
@@ -80,7 +81,7 @@ def render_shapes(console: Console, view: StateView, output_shape: list[int] | N
     console.print(table)
     if D > 1:
         notes = [f"h_n.view({L}, {D}, {B}, {spec.output_size}) is (layers, directions, batch, {out_name}); "
-                 f"h_n[i] is layer i // {D}, direction i % {D} (0 forward, 1 backward)."]
+                 f"h_n[i] is layer i//{D}, direction i%{D} (0 forward, 1 backward)."]
     else:
         notes = [f"h_n[i] is layer i; output is the last layer's h at every step."]
     if view.layout == "batch_first":
@@ -163,7 +164,7 @@ def render_verdict(console: Console, view: StateView) -> None:
     if not bad:
         n = len(view.checks)
         console.print(Text(f"All {n} checks ok" if n > 1 else "1 check ok", style=OK_STYLE),
-                      Text("(max |diff| <= 1e-6): h_n equals output at each direction's last step."))
+                      Text("(max |diff| <= 1e-6): every checked h_n slice equals its place in output."))
     else:
         console.print(Text(f"{len(bad)} of {len(view.checks)} checks failed", style=BAD_STYLE),
                       Text("(max |diff| > 1e-6)."))
@@ -182,7 +183,8 @@ def render_view(console: Console, view: StateView, output_shape: list[int] | Non
 
 
 def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LSTMModule, input_name: str,
-                      layout: str, batch: int, time: int, features: int, dtype: str, lengths_text: str | None) -> None:
+                      layout: str, batch: int, time: int, features: int, dtype: str, lengths_text: str | None,
+                      initial_state: str | None = None) -> None:
     lay = {"batch_first": "(batch, time, features), batch_first",
            "time_major": "(time, batch, features), --time-major",
            "single": "(time, features): one sequence, run as batch 1"}[layout]
@@ -195,6 +197,8 @@ def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LS
     grid.add_row("", Text(f"read as {lay}; ran in {dtype}"))
     if lengths_text:
         grid.add_row("Lengths", Text(lengths_text))
+    if initial_state:
+        grid.add_row("Seeded", Text(f"h0, c0 from {initial_state}"))
     console.print(grid)
 
 
@@ -208,6 +212,7 @@ def render_run(console: Console, outcome) -> None:
         console, checkpoint=outcome.checkpoint.path.name, fmt=outcome.checkpoint.format, module=outcome.module,
         input_name=seqs.display_name, layout=seqs.layout, batch=seqs.batch, time=seqs.time,
         features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
+        initial_state=outcome.initial_state_path,
     )
     render_view(console, view, view.output_shape(outcome.result.output.shape[-1]))
 
@@ -215,7 +220,7 @@ def render_run(console: Console, outcome) -> None:
 def render_export(console: Console, outcome, path, meta: dict, size: int) -> None:
     """The short summary ``export-state`` prints: norms per layer/direction and where the file went."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold",
-                  title=f"Snapshot: {outcome.module.display_name}")
+                  title=f"Snapshot of module {outcome.module.display_name}")
     for name in ("layer", "dir", "i", "norm h_n", "norm c_n"):
         table.add_column(name, justify="left" if name == "dir" else "right")
     for r in outcome.view.rows:
@@ -234,7 +239,8 @@ def render_state(console: Console, state, view: StateView) -> None:
     grid.add_row("State", Text.assemble(str(state.path), (f"  ({state.kind})", "dim")))
     m = state.meta or {}
     if m:
-        spec_line = (f"{m['num_layers']} layers x {m['num_directions']} directions, hidden {m['hidden_size']}, "
+        spec_line = (f"{m['num_layers']} layer{'s' if m['num_layers'] != 1 else ''} x {m['num_directions']} "
+                     f"direction{'s' if m['num_directions'] != 1 else ''}, hidden {m['hidden_size']}, "
                      f"proj {m['proj_size']}, input {m['input_size']}, batch {m['batch_size']}, {m['dtype']}")
         grid.add_row("Model", Text(f"{m['module'] or '(top level)'}: {spec_line}"))
         for k in sorted(k for k in m if k.endswith("sha256")):
@@ -255,7 +261,8 @@ def render_diff(console: Console, res) -> None:
     for kind, fields in (("architecture", res.architecture), ("provenance", res.provenance)):
         for f, (va, vb) in fields.items():
             style = BAD_STYLE if kind == "architecture" else "dim"
-            short = [v[:12] + "..." if f.endswith("sha256") and isinstance(v, str) else v for v in (va, vb)]
+            short = ["-" if v is None else v[:12] + "..." if f.endswith("sha256") and isinstance(v, str) else v
+                     for v in (va, vb)]
             console.print(Text(f"{kind} differs: {f}: {short[0]} (A) vs {short[1]} (B)", style=style))
     if not res.comparable:
         console.print(Text("Not comparable: the two states come from differently shaped LSTMs or batches.", style=BAD_STYLE))
@@ -273,7 +280,7 @@ def render_diff(console: Console, res) -> None:
         at = "(" + ",".join(str(i) for i in r.max_abs_diff_at) + ")" if r.max_abs_diff_at else ""
         table.add_row(Text(name), "x".join(str(d) for d in r.shape), _num(r.max_abs_diff, ".2e"), at,
                       _num(r.max_rel_diff, ".2e"), f"{r.mismatched}/{r.total} ({r.mismatched_pct:.3g}%)",
-                      _num(r.cosine, ".6f"), mark)
+                      _num(r.cosine, ".6f") if r.cosine == r.cosine else Text("-", style="dim"), mark)
     console.print(table)
     for side, names in (("A", res.only_in_a), ("B", res.only_in_b)):
         if names:

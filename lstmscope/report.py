@@ -91,13 +91,14 @@ class StateView:
             return [self.time, self.batch, width]
         return [self.batch, self.time, width]
 
-    def output_position(self, direction: str, b: int | None = None) -> str:
+    def output_position(self, direction: str, b: int | None = None, units: tuple[int, int] | None = None) -> str:
         """Where h_n[layer, direction] lives in that layer's output, as an indexing expression in the
         input's layout: ``output[b, len[b]-1, 0:H]`` forward, ``output[b, 0, H:2H]`` backward.
         With ``b`` given, for that one sequence."""
         p = self.spec.output_size
         d = DIRECTIONS.index(direction)
-        cols = f"{d * p}:{(d + 1) * p}"
+        lo, hi = units or (0, p)
+        cols = f"{d * p + lo}:{d * p + hi}"
         if direction == "backward":
             t = "0"
         elif b is not None:
@@ -179,7 +180,8 @@ def build_view(
     if batch_index is not None or units is not None:
         b = 0 if batch_index is None else batch_index
         if not -batch <= b < batch:
-            raise UsageError(f"--batch-index {b} is out of range; the batch has {batch} sequence(s) (0..{batch - 1})")
+            raise UsageError(f"--batch-index {b} is out of range; the batch has {batch} sequence"
+                             f"{'s' if batch != 1 else ''} ({-batch}..{batch - 1}, negative counts from the end)")
         b %= batch
         view.value_batch = b
         lo, hi = parse_units(units, spec.hidden_size)
@@ -193,7 +195,7 @@ def build_view(
             if out is not None:
                 t = int(view.last_steps[b]) if di == 0 else 0
                 ov = [_f(out[b, t, di * p + u]) if u < p else None for u in us]
-                pos = view.output_position(row.direction, b)
+                pos = view.output_position(row.direction, b, units=(lo, min(hi, p)) if lo < p else (0, 0))
             view.values.append(ValueRow(row.layer, row.direction, us, hv, cv, ov, pos))
     return view
 
@@ -212,8 +214,10 @@ def parse_units(text: str | None, width: int) -> tuple[int, int]:
             hi = lo + 1
     except ValueError:
         raise UsageError(f"--units {text!r} is not a range; use START:STOP, e.g. --units 0:8") from None
-    if lo < 0 or hi > width or lo >= hi:
-        raise UsageError(f"--units {text} is outside 0:{width} (hidden_size is {width}); use START:STOP with START < STOP")
+    if lo >= hi:
+        raise UsageError(f"--units {text} is empty: START must be less than STOP, e.g. --units {min(lo, hi)}:{max(lo, hi) + (lo == hi)}")
+    if lo < 0 or hi > width:
+        raise UsageError(f"--units {text} is outside 0:{width} (hidden_size is {width}); use START:STOP within it")
     return lo, hi
 
 

@@ -43,6 +43,7 @@ class RunOutcome:
     result: "object"  # lstmscope.engine.RunResult
     view: StateView
     initial_state_sha256: str | None = None
+    initial_state_path: str | None = None
     notes: list[str] = field(default_factory=list)  # one-line remarks for stderr
 
 
@@ -99,16 +100,18 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         batch_index=opts.batch_index,
         units=opts.units,
     )
-    return RunOutcome(ck, module, seqs, result, view, state_sha, notes)
+    return RunOutcome(ck, module, seqs, result, view, state_sha,
+                      None if opts.initial_state is None else str(opts.initial_state), notes)
 
 
 def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False):
     """Run, then write a v1 snapshot of the final states. Returns (outcome, written path, metadata)."""
-    from lstmscope.fileio import check_target
+    from lstmscope.fileio import check_target, refuse_overwriting_sources
     from lstmscope.snapshot import snapshot_metadata, write_snapshot
 
     out_path = Path(out)
     check_target(out_path, force)  # refuse before spending time on the run
+    refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
     outcome = execute_run(opts)
     res, seqs = outcome.result, outcome.sequences
     meta = snapshot_metadata(

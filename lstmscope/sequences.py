@@ -67,6 +67,12 @@ def _load_any(path: Path, what: str):
                 if not zipfile.is_zipfile(fh):
                     raise InputError(f"{path} is a damaged or truncated .npz (zip) archive")
                 fh.seek(0)
+                with zipfile.ZipFile(fh) as z:
+                    members = z.namelist()
+                if not members or not all(n.endswith(".npy") for n in members):
+                    what_is = "a PyTorch checkpoint" if any(n.endswith("data.pkl") for n in members) else "not an .npz"
+                    raise InputError(f"{path} is a zip archive but {what_is}; the input must be .npy or .npz sequences")
+                fh.seek(0)
                 with np.load(fh, allow_pickle=False) as z:
                     return {k: z[k] for k in z.files}
             if magic != b"\x93NUMPY":
@@ -112,6 +118,8 @@ def load_sequences(
     where = f"{path.name}[{key}]" if key else path.name
     arr = _check_array(arr, where, time_major)
     if arr.ndim == 2:
+        if time_major:
+            raise InputError(f"{where} is 2-D (T, F), one sequence; --time-major applies to 3-D (T, B, F) input")
         layout, data = LAYOUT_SINGLE, arr[None]
     elif time_major:
         layout, data = LAYOUT_TIME_MAJOR, arr.transpose(1, 0, 2)

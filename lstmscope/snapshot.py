@@ -128,9 +128,12 @@ def _sniff(path: Path) -> str:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        if names and all(n.endswith(".npy") for n in names):
             return "npz"
-        return "torch"
+        raise StateError(f"{path} is a zip archive but neither an .npz nor a torch file; expected a state file "
+                         "(.safetensors or .npz with h_n and c_n)")
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
     if head[:1] == b"\x80":
@@ -163,7 +166,7 @@ def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> St
     else:
         if not allow_torch:
             raise StateError(f"{path} is a torch file; diff-states and show-state read safetensors/.npz only "
-                             f"(torch-free). Convert it first: lstmscope import-state {path.name} -o state.safetensors --checkpoint CKPT")
+                             f"(torch-free). Convert it first: lstmscope import-state {path} -o state.safetensors --checkpoint CKPT")
         arrays = _read_torch_state(path)
     return _assemble(path, arrays, meta, kind)
 
@@ -188,10 +191,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
 def _read_torch_state(path: Path) -> dict[str, np.ndarray]:
     import torch
 
+    from lstmscope.checkpoint import torch_load
+    from lstmscope.errors import CheckpointError
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise StateError(f"{path}: cannot read torch state file ({clean_message(e)})") from None
+        obj = torch_load(path)
+    except CheckpointError as e:
+        raise StateError(e.message) from None
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
         obj = {"h_n": obj[0], "c_n": obj[1]}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

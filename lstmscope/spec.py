@@ -116,7 +116,7 @@ def _is_optimizer_state(prefix: str) -> bool:
     return any(part in _OPTIMIZER_PARTS for part in prefix.split(".") if part)
 
 
-def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str) -> list[LSTMModule]:
+def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str, skipped: list[str] | None = None) -> list[LSTMModule]:
     """Every LSTM whose parameters appear in ``tensors`` under some prefix, in key order.
 
     ``source`` names the file in error messages. Raises CheckpointError when a group of
@@ -137,7 +137,9 @@ def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str) -> list[LS
     modules = []
     for prefix, names in groups.items():
         if _other_recurrent(names, tensors):
-            continue  # nn.GRU / nn.RNN share the parameter names but have 3 or 1 gates
+            if skipped is not None:  # nn.GRU / nn.RNN share the parameter names but have 3 or 1 gates
+                skipped.append(prefix.rstrip("."))
+            continue
         modules.append(_infer_module(prefix, names, tensors, source))
     return modules
 
@@ -217,9 +219,14 @@ def _infer_module(prefix: str, names: dict[str, str], tensors: Mapping[str, Tens
     return LSTMModule(prefix=prefix.rstrip("."), spec=spec)
 
 
-def select_module(modules: list[LSTMModule], wanted: str | None, source: str) -> LSTMModule:
+def select_module(modules: list[LSTMModule], wanted: str | None, source: str,
+                  other_recurrent: list[str] | None = None) -> LSTMModule:
     """The module named by ``--module`` (trailing dot optional), or the only one."""
     if not modules:
+        if other_recurrent:
+            names = ", ".join(repr(p) for p in other_recurrent)
+            raise CheckpointError(f"{source} holds no LSTM: the recurrent weights under {names} have 3 gates or 1 "
+                                  "(an nn.GRU or nn.RNN), not an LSTM's 4")
         raise CheckpointError(
             f"{source} holds no LSTM: no tensors named like weight_ih_l0 / weight_hh_l0 under any prefix"
         )

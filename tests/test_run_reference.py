@@ -496,7 +496,8 @@ def _expected_rows(m: Model, b: int, units: list[int], lengths, all_layers: bool
             if all_layers or layer == m.num_layers - 1:
                 t = (T - 1 if lengths is None else int(lengths[b]) - 1) if d == 0 else 0
                 o = [layer_outputs[layer][b, t, d * m.out + u] if u < m.out else None for u in units]
-                cols = f"{d * m.out}:{(d + 1) * m.out}"
+                shown = [u for u in units if u < m.out]  # the output columns that hold these units
+                cols = f"{d * m.out + shown[0]}:{d * m.out + shown[-1] + 1}" if shown else f"{d * m.out}:{d * m.out}"
                 pos = f"output[{t}, {b}, {cols}]" if time_major else f"output[{b}, {t}, {cols}]"
             rows.append(dict(layer=layer, direction=DIRECTIONS[d], units=units, h_n=h, c_n=c, output=o,
                              output_position=pos))
