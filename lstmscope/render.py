@@ -41,16 +41,13 @@ def describe_spec(spec: LSTMSpec) -> str:
 
 def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule]) -> None:
     console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt})"))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     longest = max([len(m.display_name) for m in modules] + [6])
-    table.add_column("module", overflow="fold", min_width=min(longest, 40))
-    for name in ("input", "hidden", "proj", "layers", "bidir", "bias", "dtype", "params"):
-        table.add_column(name, justify="left" if name in ("bias", "bidir", "dtype") else "right", no_wrap=True)
+    table.add_column("module", overflow="fold", min_width=min(longest, 32))
+    table.add_column("configuration", overflow="fold", ratio=1)
+    table.add_column("params", justify="right", no_wrap=True)
     for m in modules:
-        s = m.spec
-        table.add_row(Text(m.display_name), str(s.input_size), str(s.hidden_size), str(s.proj_size),
-                      str(s.num_layers), "yes" if s.bidirectional else "no", "yes" if s.bias else "no", s.dtype,
-                      f"{s.parameter_count():,}")
+        table.add_row(Text(m.display_name), Text(describe_spec(m.spec)), f"{m.spec.parameter_count():,}")
     console.print(table)
     n = len(modules)
     console.print(f"{n} LSTM module{'s' if n != 1 else ''} found."
@@ -270,7 +267,7 @@ def render_diff(console: Console, res) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name, justify in (("tensor", "left"), ("shape", "left"), ("max |diff|", "right"), ("at", "left"),
                           ("max rel", "right"), ("mismatched", "right"), ("cosine", "right"), ("", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "tensor", overflow="fold")
+        table.add_column(name, justify=justify, overflow="fold", min_width=4 if name else None)
     for r in res.rows:
         name = r.tensor if r.layer is None else f"{r.tensor} {r.layer} {DIR_SHORT[r.direction]}"
         mark = Text("PASS", style=OK_STYLE) if r.passed else Text("FAIL", style=BAD_STYLE)
