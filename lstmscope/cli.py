@@ -34,12 +34,6 @@ app = typer.Typer(
 )
 
 
-def _stderr():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 def _stdout():
     from rich.console import Console
 
@@ -92,7 +86,7 @@ def main(
 ) -> None:
     """Look inside LSTM state: h_n and c_n against output, per layer and direction.
 
-    Exit codes: 0 ok, 1 a check failed or states differ, 2 usage error or bad input.
+    Exit codes: 0 ok, 1 a check failed or states differ, 2 usage error or bad input, 3 internal error, 130 interrupted.
     """
 
 
@@ -308,23 +302,10 @@ def show_state(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a snapshot: metadata, named shapes and the per-layer/direction table (torch-free)."""
-    import numpy as np
-
-    from lstmscope.report import build_view
-    from lstmscope.snapshot import read_state_file, spec_from_state
+    from lstmscope.snapshot import read_state_file, state_view
 
     state = read_state_file(snapshot)
-    spec = spec_from_state(state, num_directions)
-    batch = state.h_n.shape[1]
-    layer_outputs = None
-    time = 0
-    last = np.zeros(batch, dtype=np.int64)
-    if state.output is not None:
-        time = state.output.shape[1]
-        last = state.lengths - 1 if state.lengths is not None else np.full(batch, time - 1, dtype=np.int64)
-        layer_outputs = {spec.num_layers - 1: state.output}
-    view = build_view(spec, state.h_n, state.c_n, last_steps=last, layout="batch_first", time=time,
-                      layer_outputs=layer_outputs, batch_index=batch_index, units=units)
+    view = state_view(state, num_directions=num_directions, batch_index=batch_index, units=units)
     if json_out:
         from lstmscope.jsonout import dumps, state_document
 

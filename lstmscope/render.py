@@ -80,7 +80,7 @@ def render_shapes(console: Console, view: StateView, output_shape: list[int] | N
         notes = [f"h_n.view({L}, {D}, {B}, {spec.output_size}) is (layers, directions, batch, {out_name}); "
                  f"h_n[i] is layer i//{D}, direction i%{D} (0 forward, 1 backward)."]
     else:
-        notes = [f"h_n[i] is layer i; output is the last layer's h at every step."]
+        notes = ["h_n[i] is layer i; output is the last layer's h at every step."]
     if view.layout == "batch_first":
         notes.append("batch_first applies to output only: h_n and c_n are always (layers*directions, batch, ...).")
     if spec.proj_size:

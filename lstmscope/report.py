@@ -189,12 +189,12 @@ def build_view(
             out = layer_outputs.get(row.layer)
             di = DIRECTIONS.index(row.direction)
             us = list(range(lo, hi))
-            hv = [_f(h_n[row.index, b, u]) if u < p else None for u in us]
-            cv = [_f(c_n[row.index, b, u]) for u in us]
+            hv = [float(h_n[row.index, b, u]) if u < p else None for u in us]
+            cv = [float(c_n[row.index, b, u]) for u in us]
             ov = pos = None
             if out is not None:
                 t = int(view.last_steps[b]) if di == 0 else 0
-                ov = [_f(out[b, t, di * p + u]) if u < p else None for u in us]
+                ov = [float(out[b, t, di * p + u]) if u < p else None for u in us]
                 pos = view.output_position(row.direction, b, units=(lo, min(hi, p)) if lo < p else (0, 0))
             view.values.append(ValueRow(row.layer, row.direction, us, hv, cv, ov, pos))
     return view
@@ -219,7 +219,3 @@ def parse_units(text: str | None, width: int) -> tuple[int, int]:
     if lo < 0 or hi > width:
         raise UsageError(f"--units {text} is outside 0:{width} (hidden_size is {width}); use START:STOP within it")
     return lo, hi
-
-
-def _f(v) -> float:
-    return float(v)

@@ -64,7 +64,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     state_sha = None
     notes = []
     if opts.initial_state is not None:
-        from lstmscope.snapshot import file_sha256, fit_state, read_state_file
+        from lstmscope.fileio import file_sha256
+        from lstmscope.snapshot import fit_state, read_state_file
 
         state = read_state_file(opts.initial_state, allow_torch=True)
         h0, c0 = fit_state(state, module.display_name, module.spec, seqs.batch, broadcast=opts.broadcast_state)

@@ -24,7 +24,7 @@ import numpy as np
 
 from lstmscope import __version__
 from lstmscope.errors import StateError, clean_message
-from lstmscope.fileio import atomic_writer, check_source, file_sha256  # noqa: F401 (re-exported)
+from lstmscope.fileio import atomic_writer, check_source
 from lstmscope.spec import LSTMSpec
 
 FORMAT_VERSION = 1
@@ -277,3 +277,22 @@ def spec_from_state(state: StateFile, num_directions: int | None = None) -> LSTM
         raise StateError(f"{state.path}: h_n has {ld} layer*direction slices, which --num-directions {d} does not divide")
     h = state.c_n.shape[2]
     return LSTMSpec(0, h, 0 if p == h else p, ld // d, d == 2, True, str(state.h_n.dtype))
+
+
+def state_view(state: StateFile, *, num_directions: int | None = None, batch_index: int | None = None,
+               units: str | None = None):
+    """The per-(layer, direction) view ``show-state`` prints; the last layer is checked against
+    ``output`` when the file holds it (at each sequence's last step, from ``lengths``)."""
+    from lstmscope.report import build_view
+
+    spec = spec_from_state(state, num_directions)
+    batch = state.h_n.shape[1]
+    time = 0
+    last = np.zeros(batch, dtype=np.int64)
+    layer_outputs = None
+    if state.output is not None:
+        time = state.output.shape[1]
+        last = state.lengths - 1 if state.lengths is not None else np.full(batch, time - 1, dtype=np.int64)
+        layer_outputs = {spec.num_layers - 1: state.output}
+    return build_view(spec, state.h_n, state.c_n, last_steps=last, layout="batch_first", time=time,
+                      layer_outputs=layer_outputs, batch_index=batch_index, units=units)

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import re
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
