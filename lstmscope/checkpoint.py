@@ -2,15 +2,15 @@
 
 The format is sniffed from the file's bytes, not its name. safetensors headers are parsed here
 without torch, so ``inspect`` on a ``.safetensors`` file never imports it; torch files import
-torch only when they are read. Torch files are always read with ``weights_only=True``.
+torch only when they are read. Torch files are read with ``weights_only=True``; when that refuses
+a file (a full-module pickle, pickle protocol 4 or 5), lstmscope.safe_pickle reads it again
+without running code from it: other classes become inert stubs and calls are refused.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickletools
 import struct
 import warnings
 import zipfile
@@ -49,9 +49,29 @@ class Checkpoint:
     modules: list[LSTMModule]
     _load: Callable[[list[str]], dict[str, Any]] = field(repr=False)
     other_recurrent: list[str] = field(default_factory=list)  # GRU/RNN prefixes, skipped
+    # torch files weights-only loading refused, read by lstmscope.safe_pickle ("module.name", first seen first):
+    stubbed_globals: list[str] = field(default_factory=list)  # classes kept as inert stubs, never imported
+    refused_calls: list[str] = field(default_factory=list)  # callables the file asked to call; never called
 
     def module(self, wanted: str | None) -> LSTMModule:
-        return select_module(self.modules, wanted, self.path.name, self.other_recurrent)
+        try:
+            return select_module(self.modules, wanted, self.path.name, self.other_recurrent)
+        except CheckpointError as e:
+            if self.modules or not self.refused_calls:
+                raise
+            raise CheckpointError(f"{e.message}; the file also asked to run code ({', '.join(self.refused_calls)}), "
+                                  "which lstmscope refused") from None
+
+    def reading_note(self) -> str | None:
+        """One line for stderr when the file was read without running code from it, else None."""
+        if not (self.stubbed_globals or self.refused_calls):
+            return None
+        parts = [f"note: {self.path.name} was read without running code from it"]
+        if self.stubbed_globals:
+            parts.append(f"stubbed: {', '.join(self.stubbed_globals)}")
+        if self.refused_calls:
+            parts.append(f"refused to call: {', '.join(self.refused_calls)}")
+        return "; ".join(parts)
 
     def load_tensors(self, keys: list[str]) -> dict[str, Any]:
         """torch tensors on CPU for the given flattened keys (imports torch)."""
@@ -64,14 +84,32 @@ class Checkpoint:
         return {name: loaded[key] for name, key in keys.items()}
 
 
+_OTHER_FORMATS = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x93NUMPY", "a NumPy .npy array (input sequences go in the INPUT argument)"),
+    (b"\x1f\x8b", "gzip-compressed (decompress it first)"),
+)
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Printable ASCII only. A safetensors length prefix never is: that would claim over 2**61 header bytes."""
+    return bool(head) and all(b in _TEXT_BYTES for b in head)
+
+
 def sniff_format(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception as e:  # e.g. BadZipFile "zipfiles that span multiple disks are not supported"
+        raise CheckpointError(f"{path}: damaged zip archive ({clean_message(e)})") from None
+    if is_zip:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
+        except Exception as e:  # zipfile also raises UnicodeDecodeError (names), EOFError, NotImplementedError
             raise CheckpointError(f"{path}: damaged zip archive ({clean_message(e)})") from None
         if any(n.endswith("data.pkl") for n in names):
             return FORMAT_TORCH_ZIP
@@ -81,12 +119,20 @@ def sniff_format(path: Path) -> str:
     if head[:2] == b"PK":
         raise CheckpointError(f"{path} is a damaged or truncated zip archive (an interrupted download?); "
                               "a PyTorch checkpoint cannot be read from it")
+    if _looks_like_text(head):  # before the safetensors test: '{' can sit at byte 8 of a JSON file too
+        kind = "a JSON file" if head.lstrip()[:1] in (b"{", b"[") else "a text file"
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint; lstmscope reads PyTorch (.pt/.pth/.bin/.ckpt) "
+                              "and .safetensors checkpoints")
     if len(head) >= 9 and head[8:9] == b"{":
         return FORMAT_SAFETENSORS
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         return FORMAT_TORCH_LEGACY
     if head.startswith(b"\x89HDF"):
         raise CheckpointError(f"{path} is an HDF5 (Keras .h5) file; lstmscope reads PyTorch (.pt/.pth/.bin/.ckpt) and .safetensors checkpoints")
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic):
+            raise CheckpointError(f"{path} is {kind}, not a checkpoint; lstmscope reads PyTorch (.pt/.pth/.bin/.ckpt) "
+                                  "and .safetensors checkpoints")
     raise CheckpointError(
         f"{path} is not a checkpoint lstmscope can read; expected a PyTorch file (.pt/.pth/.bin/.ckpt) or .safetensors"
     )
@@ -97,17 +143,21 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     check_source(path, "checkpoint", CheckpointError)
     fmt = sniff_format(path)
+    stubbed: list[str] = []
+    refused: list[str] = []
     if fmt == FORMAT_SAFETENSORS:
         tensors = read_safetensors_header(path)
         load = _safetensors_loader(path)
     else:
-        flat = _torch_load_flat(path, fmt)
+        flat, report = _torch_load_flat(path, fmt)
+        if report is not None:
+            stubbed, refused = report.stubbed_only(), list(report.refused_calls)
         tensors = {k: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in flat.items()}
         load = lambda keys: {k: flat[k] for k in keys}  # noqa: E731
     others: list[str] = []
     modules = find_lstm_modules(tensors, path.name, others)
     return Checkpoint(path=path, format=fmt, sha256=file_sha256(path), tensors=tensors, modules=modules, _load=load,
-                      other_recurrent=others)
+                      other_recurrent=others, stubbed_globals=stubbed, refused_calls=refused)
 
 
 # --- safetensors --------------------------------------------------------------------------------
@@ -126,19 +176,27 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: safetensors header is not valid JSON ({clean_message(e)})") from None
+        except RecursionError:  # "[[[[...": nested deeper than Python's JSON parser goes
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointError(f"{path}: safetensors __metadata__ is malformed (must map names to strings)")
     body = size - 8 - n
     out: dict[str, TensorInfo] = {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         try:
-            dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) or str(entry["dtype"]).lower()
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
+            if not isinstance(entry["dtype"], str):
+                raise TypeError
+            dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) or entry["dtype"].lower()
+            shape = tuple(_json_int(d) for d in entry["shape"])
+            begin, end = (_json_int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: safetensors entry {key!r} is malformed (needs dtype, shape, data_offsets)") from None
+            raise CheckpointError(f"{path}: safetensors entry {key!r} is malformed (needs dtype, shape, data_offsets "
+                                  "as a string and lists of whole numbers)") from None
         count = 1
         for d in shape:
             if d < 0:
@@ -152,6 +210,13 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             )
         out[key] = TensorInfo(shape, dtype)
     return out
+
+
+def _json_int(v: Any) -> int:
+    """A whole number from a JSON header; 2.0, true, "3" and 1e400 are not."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(v)
+    return v
 
 
 def _safetensors_loader(path: Path) -> Callable[[list[str]], dict[str, Any]]:
@@ -169,112 +234,110 @@ def _safetensors_loader(path: Path) -> Callable[[list[str]], dict[str, Any]]:
 
 # --- torch files ----------------------------------------------------------------------------------
 
-def _torch_load_flat(path: Path, fmt: str) -> dict[str, Any]:
+def _torch_load_flat(path: Path, fmt: str) -> tuple[dict[str, Any], Any]:
+    """Flattened tensors of a torch file, and the safe_pickle report (None when weights-only loading read it)."""
     import torch
 
-    obj = torch_load(path, fmt)
+    obj, report = load_torch_file(path, fmt)
     flat: dict[str, Any] = {}
-    _flatten(obj, "", flat, torch.Tensor, depth=0)
-    return flat
+    try:
+        _flatten(obj, "", flat, torch.Tensor, depth=0, budget=[_FLATTEN_BUDGET])
+    except _TooManyObjects:
+        raise CheckpointError(f"{path} holds more than {_FLATTEN_BUDGET:,} nested objects; lstmscope stops "
+                              "looking for tensors there (a damaged or hostile file?)") from None
+    return flat, report
 
 
 def torch_load(path: Path, fmt: str | None = None) -> Any:
-    """``torch.load`` with ``weights_only=True`` to CPU; every failure is one clear CheckpointError."""
+    """The object in a torch file, on CPU, read without running code (see :func:`load_torch_file`)."""
+    return load_torch_file(path, fmt)[0]
+
+
+def load_torch_file(path: Path, fmt: str | None = None) -> tuple[Any, Any]:
+    """(object, report): every failure is one clear CheckpointError.
+
+    ``torch.load(weights_only=True)`` always goes first; the report is then None. Only when it
+    refuses the file (a global outside its allowlist, as in ``torch.save(model)``, or an opcode it
+    lacks, as in pickle protocols 4 and 5: an UnpicklingError) is the file read again by
+    :func:`lstmscope.safe_pickle.restricted_torch_load`, which never imports or calls what the file
+    names; its :class:`~lstmscope.safe_pickle.PickleReport` says what it stubbed and refused.
+    Zip files are memory-mapped either way, so untouched tensors are never read.
+    """
+    import pickle
+
     import torch
 
     fmt = fmt or sniff_format(path)
+    mmap = fmt == FORMAT_TORCH_ZIP
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol N": not the user's concern
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == FORMAT_TORCH_ZIP))
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), None
+    except pickle.UnpicklingError:
+        pass  # weights-only refused it: read it again below, without running code
     except Exception as e:
-        text = clean_message(e)
-        needed = pickle_globals(path, fmt) if "weights_only" in text or "Weights only" in text else []
-        if needed:
-            raise CheckpointError(
-                f"{path} is a full-module pickle (torch.save(model)); reading it would run code from the file, "
-                f"which lstmscope never does. It needs: {', '.join(needed)}. Save model.state_dict() instead"
-            ) from None
-        if "Unsupported operand" in text:
-            raise CheckpointError(
-                f"{path} uses pickle opcodes torch's weights-only loader cannot read (pickle protocol 4 or 5?); "
-                "re-save it with torch.save(obj, path) and the default protocol"
-            ) from None
-        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({text})") from None
-    return obj
+        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({clean_message(e)})") from None
+    from lstmscope.safe_pickle import restricted_torch_load
+
+    try:
+        return restricted_torch_load(path, mmap=mmap)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({clean_message(e)}); "
+                              "lstmscope read it without running code from it") from None
 
 
-def _flatten(obj: Any, prefix: str, out: dict[str, Any], tensor_type: type, depth: int) -> None:
+_FLATTEN_BUDGET = 1_000_000  # objects visited; shared references could otherwise multiply the walk
+_MODULE_STATE = ("_parameters", "_buffers", "_modules")
+
+
+class _TooManyObjects(Exception):
+    pass
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, Any], tensor_type: type, depth: int,
+             budget: list[int] | None = None) -> None:
+    """Tensors in nested containers -> ``out["a.b.c"]``.
+
+    Inert objects from lstmscope.safe_pickle are containers too. A stubbed ``nn.Module`` (its state
+    has ``_parameters``/``_buffers``/``_modules``) is named as ``state_dict()`` names it: parameters
+    and persistent buffers at its prefix, children at prefix + name + "."; other attributes are
+    skipped. Any other stub gives its attributes, items and elements; a refused call's arguments
+    are never looked at.
+    """
+    from lstmscope.safe_pickle import Inert
+
     if depth > 64:
         return
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooManyObjects
     if isinstance(obj, tensor_type):
         out[prefix.rstrip(".")] = obj
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            _flatten(v, f"{prefix}{k}.", out, tensor_type, depth + 1)
+            _flatten(v, f"{prefix}{k}.", out, tensor_type, depth + 1, budget)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}{i}.", out, tensor_type, depth + 1)
-
-
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
-
-
-def pickle_globals(path: Path, fmt: str) -> list[str]:
-    """The ``module.name`` globals a torch pickle refers to, found by reading opcodes (nothing runs).
-
-    Torch's own rebuild helpers and storages are left out: what remains is what weights-only
-    loading refuses.
-    """
-    try:
-        if fmt == FORMAT_TORCH_ZIP:
-            with zipfile.ZipFile(path) as z:
-                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
-                streams = [io.BytesIO(z.read(name))]
-                count = 1
+            _flatten(v, f"{prefix}{i}.", out, tensor_type, depth + 1, budget)
+    elif isinstance(obj, Inert):
+        state = obj.state
+        if any(isinstance(state.get(k), Mapping) for k in _MODULE_STATE):
+            transient = state.get("_non_persistent_buffers_set")
+            transient = transient if isinstance(transient, (set, frozenset)) else set()
+            for group in ("_parameters", "_buffers"):
+                entries = state.get(group)
+                if isinstance(entries, Mapping):
+                    for k, v in entries.items():
+                        if isinstance(v, tensor_type) and not (group == "_buffers" and k in transient):
+                            out[f"{prefix}{k}"] = v
+            children = state.get("_modules")
+            if isinstance(children, Mapping):
+                for k, v in children.items():
+                    _flatten(v, f"{prefix}{k}.", out, tensor_type, depth + 1, budget)
         else:
-            streams = [open(path, "rb")]
-            count = 4  # magic number, protocol, sys info, then the object
-        found: list[str] = []
-        for stream in streams:
-            with stream:
-                for _ in range(count):
-                    found.extend(_scan_one_pickle(stream))
-    except Exception:
-        return []
-    plumbing = {"collections.OrderedDict", "builtins.set", "builtins.frozenset", "__builtin__.set",
-                "__builtin__.frozenset", "copyreg._reconstructor", "_codecs.encode", "builtins.object"}
-    seen: list[str] = []
-    for g in found:
-        if g.startswith("torch.nn.") or not (g.startswith("torch.") or g in plumbing):
-            if g not in seen:
-                seen.append(g)
-    return seen
-
-
-def _scan_one_pickle(stream) -> list[str]:
-    """Globals named by one pickle. ``recent`` mirrors what each opcode pushed (None: not a string)."""
-    out: list[str] = []
-    recent: list[Any] = []
-    memo: dict[Any, Any] = {}
-    for op, arg, _pos in pickletools.genops(stream):
-        name = op.name
-        top = recent[-1] if recent else None
-        if name in ("GLOBAL", "INST"):
-            out.append(arg.replace(" ", "."))
-            recent.append(None)
-        elif name in _STRING_OPS:
-            recent.append(arg)
-        elif name == "MEMOIZE":
-            memo[len(memo)] = top
-        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[arg] = top
-        elif name in ("BINGET", "LONG_BINGET", "GET"):
-            recent.append(memo.get(arg))
-        elif name == "STACK_GLOBAL":
-            if len(recent) >= 2 and isinstance(recent[-2], str) and isinstance(recent[-1], str):
-                out.append(f"{recent[-2]}.{recent[-1]}")
-            recent.append(None)
-        elif name not in ("PROTO", "FRAME"):
-            recent.append(None)
-    return out
+            _flatten(state, prefix, out, tensor_type, depth + 1, budget)
+            for k, v in obj.items:
+                _flatten(v, f"{prefix}{k}.", out, tensor_type, depth + 1, budget)
+            _flatten(obj.elements, prefix, out, tensor_type, depth + 1, budget)
+            _flatten(obj.raw_state, prefix, out, tensor_type, depth + 1, budget)

@@ -105,12 +105,13 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     ck = read_checkpoint(checkpoint)
     if not ck.modules:
         ck.module(None)  # raises the "holds no LSTM" error
+    read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls}
     if json_out:
-        sys.stdout.write(dumps(inspect_document(str(checkpoint), ck.sha256, ck.format, ck.modules)) + "\n")
+        sys.stdout.write(dumps(inspect_document(str(checkpoint), ck.sha256, ck.format, ck.modules, **read)) + "\n")
     else:
         from lstmscope.render import render_inspect
 
-        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules)
+        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, **read)
 
 
 InputArg = Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]
@@ -128,9 +129,29 @@ OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Snapshot file to w
 NumDirsOpt = Annotated[Optional[int], typer.Option("--num-directions", help="For state files without lstmscope metadata: 2 splits h_n/c_n into forward/backward rows.", show_default=False)]
 
 
+ChunkOpt = Annotated[Optional[int], typer.Option("--chunk-size", help="Stream the input this many time steps at a time, carrying (h, c) across chunks (flat memory; same result). Default: automatic, chunks of about 16 MiB when the input is longer; 0 never chunks.", show_default=False)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads. Default: 1 for small models (where more threads only add overhead), else every core (at most 8).", show_default=False, envvar="LSTMSCOPE_THREADS")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Run on cpu, cuda or cuda:N. States are always reported from CPU copies.")]
+TmpDirOpt = Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed bidirectional run keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print no results and no progress; only the exit code (warnings still go to stderr).")]
+
+
 def _notes(outcome) -> None:
     for note in outcome.notes:
         sys.stderr.write(note + "\n")
+    for warning in outcome.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+
+
+def _progress(enabled: bool):
+    """A Rich progress bar on stderr, for terminals only; nothing is imported when it is off."""
+    if not enabled or not sys.stderr.isatty():
+        import contextlib
+
+        return contextlib.nullcontext(None)
+    from lstmscope.render import progress_bar
+
+    return progress_bar()
 
 
 @app.command()
@@ -148,6 +169,11 @@ def run(
     units: UnitsOpt = None,
     initial_state: InitialStateOpt = None,
     broadcast_state: BroadcastOpt = False,
+    chunk_size: ChunkOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    tmp_dir: TmpDirOpt = None,
+    quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run sequences through an LSTM and show every layer's and direction's h_n / c_n against output.
@@ -156,13 +182,17 @@ def run(
     """
     from lstmscope.runner import RunOptions, execute_run
 
-    outcome = execute_run(RunOptions(
-        checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-        dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=units,
-        initial_state=initial_state, broadcast_state=broadcast_state,
-    ))
+    with _progress(not (quiet or json_out)) as progress:
+        outcome = execute_run(RunOptions(
+            checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
+            dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=units,
+            initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size, threads=threads,
+            device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
+        ), progress=progress)
     _notes(outcome)
-    if json_out:
+    if quiet:
+        pass
+    elif json_out:
         from lstmscope.jsonout import dumps, run_document
 
         sys.stdout.write(dumps(run_document(outcome)) + "\n")
@@ -187,8 +217,13 @@ def export_state(
     dtype: DtypeOpt = None,
     initial_state: InitialStateOpt = None,
     broadcast_state: BroadcastOpt = False,
-    include_output: Annotated[bool, typer.Option("--include-output", help="Also store the output sequence (batch, time, directions*hidden).")] = False,
+    include_output: Annotated[bool, typer.Option("--include-output", help="Also store the output sequence (batch, time, directions*hidden); a streamed run writes it chunk by chunk.")] = False,
     force: ForceOpt = False,
+    chunk_size: ChunkOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    tmp_dir: TmpDirOpt = None,
+    quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run like `run` and write the final (h_n, c_n) as a safetensors snapshot.
@@ -198,13 +233,17 @@ def export_state(
     from lstmscope.fileio import file_sha256
     from lstmscope.runner import RunOptions, export_state as do_export
 
-    outcome, path, meta = do_export(RunOptions(
-        checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-        dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state,
-    ), output, include_output=include_output, force=force)
+    with _progress(not (quiet or json_out)) as progress:
+        outcome, path, meta = do_export(RunOptions(
+            checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
+            dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size,
+            threads=threads, device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
+        ), output, include_output=include_output, force=force, progress=progress)
     _notes(outcome)
     size = path.stat().st_size
-    if json_out:
+    if quiet:
+        pass
+    elif json_out:
         from lstmscope.jsonout import dumps, export_document
 
         sys.stdout.write(dumps(export_document(outcome, path, meta, file_sha256(path), size)) + "\n")

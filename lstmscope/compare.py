@@ -1,23 +1,29 @@
 """Compare two state files: per (layer, direction) for h_n / c_n, whole tensors otherwise. numpy only.
 
 B is the reference: an element passes when ``|a - b| <= atol + rtol * |b|`` (torch.testing's rule).
-Everything is computed in float64, in fixed-size blocks, so big snapshots compare in flat memory.
+Everything is computed in float64, in fixed-size blocks read straight from the files (a snapshot's
+tensors are LazyArrays), so big snapshots compare in flat memory: a few blocks per thread.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from lstmscope.errors import UsageError
+from lstmscope.lazyarray import LazyArray
 from lstmscope.report import DIRECTIONS
 from lstmscope.snapshot import ARCHITECTURE_FIELDS, PROVENANCE_FIELDS, StateFile
 
 DEFAULT_RTOL = 1.3e-6  # torch.testing.assert_close defaults for float32
 DEFAULT_ATOL = 1e-5
-BLOCK = 1 << 20  # elements per block
+BLOCK = 1 << 18  # elements per block: 2 MiB per float64 buffer, which stays in cache
+THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+PARALLEL_BLOCKS = 4  # blocks per thread below which a tensor is compared on the calling thread
 
 
 @dataclass
@@ -68,65 +74,243 @@ class DiffResult:
         return self.comparable and not self.only_in_a and not self.only_in_b and all(r.passed for r in self.rows)
 
 
-def compare_arrays(a: np.ndarray, b: np.ndarray, *, atol: float, rtol: float, equal_nan: bool,
-                   tensor: str, layer: int | None = None, direction: str | None = None) -> DiffRow:
-    """One row: max abs/rel difference (and where), mismatches, cosine; in float64 blocks."""
+def compare_arrays(a: "np.ndarray | LazyArray", b: "np.ndarray | LazyArray", *, atol: float, rtol: float,
+                   equal_nan: bool, tensor: str, layer: int | None = None, direction: str | None = None) -> DiffRow:
+    """One row: max abs/rel difference (and where), mismatches, cosine; in float64 blocks.
+
+    ``a`` and ``b`` are arrays or LazyArrays. They are read BLOCK elements at a time into buffers
+    allocated once per thread, and every float64 intermediate lives in a buffer of one block
+    (``out=``), so memory stays flat however big the tensors are. Big tensors are scanned by THREADS
+    threads; the blocks' results are combined in block order, so the row does not depend on that.
+    """
     if a.shape != b.shape:
         return DiffRow(tensor, layer, direction, list(a.shape), list(b.shape), passed=False,
                        max_abs_diff=float("nan"), max_rel_diff=float("nan"))
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    n = fa.size
-    best, best_at, best_rel, bad = -1.0, 0, 0.0, 0
-    dot = na = nb = sx = sy = 0.0
-    nonfinite = False
-    for s in range(0, n, BLOCK):
-        x = np.asarray(fa[s:s + BLOCK], dtype=np.float64)
-        y = np.asarray(fb[s:s + BLOCK], dtype=np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            d = np.abs(x - y)
-            both_nan = np.isnan(x) & np.isnan(y)
-            d[both_nan] = 0.0 if equal_nan else np.inf
-            d[np.isnan(d)] = np.inf  # NaN on one side, or inf - inf
-            inf_y = np.isinf(y)
-            d[np.isinf(x) & (x == y)] = 0.0  # the same infinity on both sides
-            ok = d <= atol + rtol * np.where(inf_y, 0.0, np.abs(y))  # an infinite reference admits only itself
-            ok[inf_y] = x[inf_y] == y[inf_y]
-            if equal_nan:
-                ok |= both_nan
-            bad += int(d.size - np.count_nonzero(ok))
-            i = int(np.argmax(d))
-            if d[i] > best:
-                best, best_at = float(d[i]), s + i
-            ay = np.abs(y)
-            rel = np.where(ay > 0, d / np.where(ay > 0, ay, 1.0), np.where(d > 0, np.inf, 0.0))
-            best_rel = max(best_rel, float(rel.max()))
-            fin = np.isfinite(x) & np.isfinite(y)
-            nonfinite = nonfinite or not bool(fin.all())
-            xf, yf = x[fin], y[fin]
-            # Sums of squares of x/sx and y/sy, with sx, sy the largest |value| so far: neither
-            # overflows for huge states nor underflows for tiny ones.
-            if xf.size:
-                bx, by = float(np.abs(xf).max()), float(np.abs(yf).max())
-                if bx > sx:
-                    na, dot, sx = na * (sx / bx) ** 2, dot * (sx / bx), bx
-                if by > sy:
-                    nb, dot, sy = nb * (sy / by) ** 2, dot * (sy / by), by
-                if sx > 0 and sy > 0:
-                    xs, ys = xf / sx, yf / sy
-                    dot += float(np.dot(xs, ys))
-                    na += float(np.dot(xs, xs))
-                    nb += float(np.dot(ys, ys))
-    if nonfinite:
-        cos = float("nan")  # undefined where either side holds NaN/Inf (JSON null)
-    elif na == 0.0 and nb == 0.0:
-        cos = 1.0
-    elif na == 0.0 or nb == 0.0:
-        cos = 0.0
-    else:
-        cos = min(1.0, max(-1.0, dot / (np.sqrt(na) * np.sqrt(nb))))
-    at = [int(v) for v in np.unravel_index(best_at, a.shape)] if n else None
-    return DiffRow(tensor, layer, direction, list(a.shape), None, max(best, 0.0), at, best_rel, bad, n,
-                   float(cos), bad == 0)
+    shape = tuple(a.shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    fa, fb = (v if isinstance(v, LazyArray) else np.asarray(v).reshape(-1) for v in (a, b))
+    starts = range(0, n, BLOCK)
+    stats = _map_blocks(lambda: _Scanner(fa, fb, n, atol, rtol, equal_nan), starts)
+    best, best_at, best_rel, bad, nonfinite = -1.0, 0, 0.0, 0, False
+    cos = _Cosine()
+    for s, st in zip(starts, stats):
+        bad += st.bad
+        if st.max_abs > best:
+            best, best_at = st.max_abs, s + st.at
+        best_rel = max(best_rel, st.max_rel)
+        nonfinite = nonfinite or st.nonfinite
+        cos.fold(*st.sums)
+    at = [int(v) for v in np.unravel_index(best_at, shape)] if n else None
+    return DiffRow(tensor, layer, direction, list(shape), None, max(best, 0.0), at, best_rel, bad, n,
+                   float("nan") if nonfinite else cos.value(), bad == 0)  # cosine undefined with NaN/Inf (JSON null)
+
+
+@dataclass
+class _BlockStats:
+    bad: int  # elements out of tolerance
+    at: int  # index in the block of the (first) largest |a - b|
+    max_abs: float  # inf where NaN/Inf differ
+    max_rel: float
+    nonfinite: bool  # NaN/Inf in a or b: the cosine is undefined
+    sums: tuple[float, float, float, float, float]  # (qa, qb, qd, sx, sy): x.x = qa sx², y.y = qb sy², x.y = qd sx sy
+
+
+class _Side:
+    """One operand, a block at a time: a slice of a flat array, or a positioned read of a LazyArray into a buffer."""
+
+    def __init__(self, arr: "np.ndarray | LazyArray", m: int):
+        self.arr = arr
+        self.file = arr.open() if isinstance(arr, LazyArray) else None
+        self.raw = np.empty(m, dtype=arr.dtype) if self.file is not None else None
+
+    def read(self, s: int, c: int) -> np.ndarray:
+        if self.file is None:
+            return self.arr[s:s + c]
+        return self.arr.read_flat(self.file, s, self.raw[:c])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class _Scanner:
+    """What one thread needs to scan blocks of a and b: their files and buffers of one block."""
+
+    def __init__(self, a, b, n: int, atol: float, rtol: float, equal_nan: bool):
+        self.n, self.atol, self.rtol, self.equal_nan = n, atol, rtol, equal_nan
+        m = min(n, BLOCK)
+        self.sides = []
+        try:
+            for v in (a, b):
+                self.sides.append(_Side(v, m))
+        except BaseException:
+            self.close()
+            raise
+        self.x, self.y, self.d, self.t, self.e = (np.empty(m) for _ in range(5))  # x, y as float64, |x - y|, |y|, scratch
+        self.mask = np.empty(m, dtype=bool)
+
+    def close(self) -> None:
+        for side in self.sides:
+            side.close()
+
+    def scan(self, s: int) -> _BlockStats:
+        c = min(BLOCK, self.n - s)
+        atol, rtol = self.atol, self.rtol
+        x = _as_f64(self.sides[0].read(s, c), self.x[:c])
+        y = _as_f64(self.sides[1].read(s, c), self.y[:c])
+        d, t, e, mask = self.d[:c], self.t[:c], self.e[:c], self.mask[:c]
+        with np.errstate(all="ignore"):
+            np.subtract(x, y, out=d)
+            np.abs(d, out=d)
+            i = int(np.argmax(d))  # the first NaN, if any
+            dmax = float(d[i])
+            if not math.isfinite(dmax):  # NaN or Inf in x or y (or x - y overflows)
+                return _nonfinite_block(x, y, atol, rtol, self.equal_nan)
+            np.abs(y, out=t)
+            ymin = float(t.min())
+            bad, bound = 0, atol + rtol * ymin  # the smallest tolerance in the block
+            if dmax > bound:  # only elements above it can fail
+                np.greater(d, bound, out=mask)
+                k = int(np.count_nonzero(mask))
+                if k * 8 <= c:  # a few: check just those
+                    idx = np.flatnonzero(mask)
+                    bad = k - int(np.count_nonzero(d[idx] <= atol + rtol * t[idx]))
+                else:
+                    np.multiply(t, rtol, out=e)
+                    np.add(e, atol, out=e)
+                    np.less_equal(d, e, out=mask)
+                    bad = c - int(np.count_nonzero(mask))
+            rel = 0.0
+            if dmax > 0:
+                np.divide(d, t, out=e)  # d / 0 is inf; 0 / 0 is NaN, which fmax skips (rel 0)
+                rel = float(e.max() if ymin > 0 else np.fmax.reduce(e))
+                rel = 0.0 if math.isnan(rel) else rel
+            return _BlockStats(bad, i, dmax, rel, False, _cosine_sums(x, y))
+
+
+def _map_blocks(make: Callable[[], _Scanner], starts: range) -> list[_BlockStats]:
+    """``scanner.scan(s)`` for every start, in order; on THREADS threads when there are many blocks."""
+    threads = min(THREADS, len(starts) // PARALLEL_BLOCKS)
+    if threads <= 1:
+        sc = make()
+        try:
+            return [sc.scan(s) for s in starts]
+        finally:
+            sc.close()
+    import threading
+
+    out: list[Any] = [None] * len(starts)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(k: int) -> None:
+        try:
+            sc = make()
+            try:
+                for j in range(k, len(starts), threads):  # interleaved: the threads read neighbouring blocks
+                    if stop.is_set():
+                        return
+                    out[j] = sc.scan(starts[j])
+            finally:
+                sc.close()
+        except BaseException as e:  # re-raised in the calling thread
+            errors.append(e)
+            stop.set()
+
+    workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    finally:
+        stop.set()  # after Ctrl-C: the workers stop at their next block
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _as_f64(raw: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """``raw`` as float64: itself when it already is (native order), else converted into ``buf``."""
+    if raw.dtype == np.float64:
+        return raw
+    np.copyto(buf, raw, casting="unsafe")
+    return buf
+
+
+def _nonfinite_block(x: np.ndarray, y: np.ndarray, atol: float, rtol: float, equal_nan: bool) -> _BlockStats:
+    """A block holding NaN/Inf: NaN on one side, or Inf against anything but the same Inf, differs by
+    inf; NaN on both sides by inf, or by 0 with ``equal_nan``."""
+    d = np.abs(x - y)
+    both_nan = np.isnan(x) & np.isnan(y)
+    d[both_nan] = 0.0 if equal_nan else np.inf
+    d[np.isnan(d)] = np.inf  # NaN on one side, or inf - inf
+    inf_y = np.isinf(y)
+    d[np.isinf(x) & (x == y)] = 0.0  # the same infinity on both sides
+    ok = d <= atol + rtol * np.where(inf_y, 0.0, np.abs(y))  # an infinite reference admits only itself
+    ok[inf_y] = x[inf_y] == y[inf_y]
+    if equal_nan:
+        ok |= both_nan
+    i = int(np.argmax(d))
+    ay = np.abs(y)
+    rel = np.where(ay > 0, d / np.where(ay > 0, ay, 1.0), np.where(d > 0, np.inf, 0.0))
+    rel[np.isinf(d)] = np.inf  # also against an infinite reference (inf / inf), so no NaN hides the block's maximum
+    fin = np.isfinite(x) & np.isfinite(y)
+    return _BlockStats(int(d.size - np.count_nonzero(ok)), i, float(d[i]), float(rel.max()), not bool(fin.all()),
+                       _cosine_sums(x[fin], y[fin]))
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """x . y by numpy's own loop: np.dot's BLAS splits it across threads, which on a busy machine
+    (a core taken by another process) made it 10x slower, measured."""
+    return float(np.einsum("i,i->", x, y))
+
+
+def _cosine_sums(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(qa, qb, qd, sx, sy) with x.x = qa sx², y.y = qb sy², x.y = qd sx sy, for finite float64 x and y.
+    The sums are taken directly when they are comfortably inside float64's range, else from values
+    scaled by the block's largest |value| (so that they neither overflow nor underflow)."""
+    pa, pb = _dot(x, x), _dot(y, y)
+    if _Cosine.TINY < pa < _Cosine.HUGE and _Cosine.TINY < pb < _Cosine.HUGE:
+        sx, sy = math.sqrt(pa), math.sqrt(pb)
+        return 1.0, 1.0, _dot(x, y) / sx / sy, sx, sy
+    if not x.size:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    sx, sy = float(np.max(np.abs(x))), float(np.max(np.abs(y)))
+    xs, ys = (x / sx if sx else x), (y / sy if sy else y)
+    return _dot(xs, xs), _dot(ys, ys), _dot(xs, ys), sx, sy
+
+
+class _Cosine:
+    """dot(x, y) / (|x| |y|) from blocks' sums, kept as multiples of sx * sy, sx**2 and sy**2 where sx
+    and sy are the largest block scales so far: neither overflows for huge states nor underflows
+    for tiny ones."""
+
+    TINY, HUGE = 1e-250, 1e250
+
+    def __init__(self) -> None:
+        self.sx = self.sy = self.na = self.nb = self.dot = 0.0
+
+    def fold(self, qa: float, qb: float, qd: float, sx: float, sy: float) -> None:
+        """Add a block whose sums are qa * sx**2, qb * sy**2 and qd * sx * sy."""
+        if sx > self.sx:
+            r = self.sx / sx
+            self.na, self.dot, self.sx = self.na * r * r, self.dot * r, sx
+        if sy > self.sy:
+            r = self.sy / sy
+            self.nb, self.dot, self.sy = self.nb * r * r, self.dot * r, sy
+        rx = sx / self.sx if sx else 0.0
+        ry = sy / self.sy if sy else 0.0
+        self.na += qa * rx * rx
+        self.nb += qb * ry * ry
+        self.dot += qd * rx * ry
+
+    def value(self) -> float:
+        if self.na == 0.0 and self.nb == 0.0:
+            return 1.0
+        if self.na == 0.0 or self.nb == 0.0:
+            return 0.0
+        return min(1.0, max(-1.0, self.dot / (math.sqrt(self.na) * math.sqrt(self.nb))))
 
 
 def diff_states(a: StateFile, b: StateFile, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,

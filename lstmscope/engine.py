@@ -9,6 +9,8 @@ Both accept packed variable-length batches and an initial (h0, c0) in PyTorch's 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -35,15 +37,16 @@ class RunResult:
 
 
 def build_lstm(spec: LSTMSpec, params: dict[str, torch.Tensor], dtype: torch.dtype, device: str = "cpu",
-               *, num_layers: int | None = None, input_size: int | None = None) -> nn.LSTM:
-    """An ``nn.LSTM`` made on the meta device and given ``params`` without a copy (``assign=True``)."""
+               *, num_layers: int | None = None, input_size: int | None = None, batch_first: bool = True) -> nn.LSTM:
+    """An ``nn.LSTM`` made on the meta device and given ``params`` without a copy (``assign=True``):
+    no random initialisation, no second copy of the weights."""
     with torch.device("meta"):
         lstm = nn.LSTM(
             input_size=input_size or spec.input_size,
             hidden_size=spec.hidden_size,
             num_layers=num_layers or spec.num_layers,
             bias=spec.bias,
-            batch_first=True,
+            batch_first=batch_first,
             bidirectional=spec.bidirectional,
             proj_size=spec.proj_size,
         )
@@ -52,11 +55,67 @@ def build_lstm(spec: LSTMSpec, params: dict[str, torch.Tensor], dtype: torch.dty
     return lstm.eval()
 
 
+def layer_params(params: dict[str, torch.Tensor], layer: int, reverse: bool | None = None) -> dict[str, torch.Tensor]:
+    """The parameters of one layer renamed as layer 0 of a one-layer LSTM: both directions
+    (``reverse=None``), or one direction as a unidirectional LSTM (``reverse`` False/True)."""
+    sub = {}
+    for name, t in params.items():
+        kind, _, rest = name.rpartition("_l")
+        num, _, suffix = rest.partition("_")
+        if int(num) != layer:
+            continue
+        if reverse is None:
+            sub[f"{kind}_l0{'_' + suffix if suffix else ''}"] = t
+        elif (suffix == "reverse") == reverse:
+            sub[f"{kind}_l0"] = t
+    return sub
+
+
+@contextlib.contextmanager
+def quiet_onednn():
+    """Hide "LSTM with projections is not supported with oneDNN": torch falls back by itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
+        yield
+
+
+def check_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, refused in one line when this machine cannot run it."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise UsageError(f"--device {device} is not a device lstmscope knows; use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} was asked for but torch sees no CUDA device here; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+SMALL_STEP_MACS = 1 << 20  # below this much work per time step, one thread beats two (see README)
+
+
+def default_threads(spec: LSTMSpec, batch: int) -> int:
+    """One thread for small models, where OpenMP's hand-offs cost more than they save and a busy
+    machine can make two threads collapse; otherwise every core this process may use (at most 8)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    macs = batch * spec.num_directions * 4 * spec.hidden_size * (spec.input_size + spec.output_size)
+    return 1 if macs < SMALL_STEP_MACS else max(1, min(cores, 8))
+
+
+def configure_threads(threads: int) -> None:
+    if threads < 1:
+        raise UsageError(f"--threads {threads}: give a positive number of threads")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _forward(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor | None, hx):
     """Run ``lstm`` (batch_first) on padded ``x``; with lengths, as a packed batch in original order."""
-    with warnings.catch_warnings():
-        # "LSTM with projections is not supported with oneDNN": torch falls back by itself.
-        warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
+    with quiet_onednn():
         if lengths is None:
             return lstm(x, hx)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -65,7 +124,7 @@ def _forward(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor | None, hx):
         return out, (h, c)
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach()
     if t.dtype == torch.bfloat16:
         t = t.float()
@@ -90,8 +149,7 @@ def run_lstm(
     (num_layers * num_directions, batch, out) and (..., hidden).
     """
     run_dtype = DTYPES[dtype or spec.dtype]
-    if device != "cpu" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu")
+    check_device(device)
     with torch.inference_mode():
         x = torch.from_numpy(data).to(device=device, dtype=run_dtype)  # (batch, time, features)
         lens = None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
@@ -102,21 +160,16 @@ def run_lstm(
         if not all_layers:
             lstm = build_lstm(spec, params, run_dtype, device)
             out, (h, c) = _forward(lstm, x, lens, hx)
-            return RunResult(_to_numpy(out), _to_numpy(h), _to_numpy(c), None, str(run_dtype).removeprefix("torch."))
+            return RunResult(to_numpy(out), to_numpy(h), to_numpy(c), None, str(run_dtype).removeprefix("torch."))
         d = spec.num_directions
         layer_out, hs, cs, outs = x, [], [], []
         for layer in range(spec.num_layers):
-            sub = {}
-            for name, t in params.items():
-                kind, _, rest = name.rpartition("_l")
-                num, _, suffix = rest.partition("_")
-                if int(num) == layer:
-                    sub[f"{kind}_l0{'_' + suffix if suffix else ''}"] = t
+            sub = layer_params(params, layer)
             lstm = build_lstm(spec, sub, run_dtype, device, num_layers=1, input_size=spec.layer_input_size(layer))
             sub_hx = None if hx is None else (hx[0][layer * d:(layer + 1) * d], hx[1][layer * d:(layer + 1) * d])
             layer_out, (h, c) = _forward(lstm, layer_out, lens, sub_hx)
             hs.append(h)
             cs.append(c)
-            outs.append(_to_numpy(layer_out))
-        return RunResult(outs[-1], _to_numpy(torch.cat(hs)), _to_numpy(torch.cat(cs)), outs,
+            outs.append(to_numpy(layer_out))
+        return RunResult(outs[-1], to_numpy(torch.cat(hs)), to_numpy(torch.cat(cs)), outs,
                          str(run_dtype).removeprefix("torch."))

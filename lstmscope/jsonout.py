@@ -54,10 +54,13 @@ def model_fields(spec: LSTMSpec) -> dict:
     }
 
 
-def inspect_document(path: str, sha256: str, fmt: str, modules: list[LSTMModule]) -> dict:
+def inspect_document(path: str, sha256: str, fmt: str, modules: list[LSTMModule], *,
+                     stubbed_globals: list[str] = (), refused_calls: list[str] = ()) -> dict:
+    """``stubbed_globals``/``refused_calls``: what a read without running code stubbed and refused ([] otherwise)."""
     return {
         "schema": INSPECT_SCHEMA,
-        "checkpoint": {"path": path, "sha256": sha256, "format": fmt},
+        "checkpoint": {"path": path, "sha256": sha256, "format": fmt,
+                       "stubbed_globals": list(stubbed_globals), "refused_calls": list(refused_calls)},
         "modules": [{"prefix": m.prefix, **model_fields(m.spec), "parameters": m.spec.parameter_count()} for m in modules],
     }
 
@@ -99,15 +102,22 @@ def run_document(outcome) -> dict:
             "run_dtype": result.dtype,
         },
         "shapes": {
-            "output": view.output_shape(result.output.shape[-1]),
+            "output": view.output_shape(outcome.output_width),
             "h_n": list(result.h_n.shape),
             "c_n": list(result.c_n.shape),
         },
         "initial_state": None if outcome.initial_state_path is None else
         {"path": outcome.initial_state_path, "sha256": outcome.initial_state_sha256},
         **states_fields(view),
+        "nonfinite": nonfinite_fields(outcome),
+        "warnings": outcome.warnings,
         "ok": view.all_ok,
     }
+
+
+def nonfinite_fields(outcome) -> dict:
+    """NaN/Inf in the input and, per (layer, direction) that has any, in the final states."""
+    return {"input": outcome.input_nonfinite, "states": outcome.nonfinite_states}
 
 
 EXPORT_SCHEMA = "lstmscope.export/1"
@@ -125,6 +135,8 @@ def export_document(outcome, path, meta: dict, sha256: str, size: int) -> dict:
         "metadata": meta,
         "norms": [{"layer": r.layer, "direction": r.direction, "h_n": r.h_n.norm, "c_n": r.c_n.norm} for r in view.rows],
         "checks": states_fields(view)["checks"],
+        "nonfinite": nonfinite_fields(outcome),
+        "warnings": outcome.warnings,
         "ok": view.all_ok,
     }
 

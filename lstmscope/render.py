@@ -39,8 +39,14 @@ def describe_spec(spec: LSTMSpec) -> str:
     return ", ".join(parts)
 
 
-def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule]) -> None:
+def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule], *,
+                   stubbed_globals: list[str] = (), refused_calls: list[str] = ()) -> None:
     console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt})"))
+    if stubbed_globals or refused_calls:
+        console.print(Text("read without running code" + (f": {', '.join(stubbed_globals)}" if stubbed_globals else "")))
+    if refused_calls:
+        console.print(Text(f"refused to call: {', '.join(refused_calls)} (the file asked to run code; it was not run)",
+                           style=BAD_STYLE))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     longest = max([len(m.display_name) for m in modules] + [6])
     table.add_column("module", overflow="fold", min_width=min(longest, 32))
@@ -181,7 +187,7 @@ def render_view(console: Console, view: StateView, output_shape: list[int] | Non
 
 def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LSTMModule, input_name: str,
                       layout: str, batch: int, time: int, features: int, dtype: str, lengths_text: str | None,
-                      initial_state: str | None = None) -> None:
+                      initial_state: str | None = None, chunk_size: int | None = None) -> None:
     lay = {"batch_first": "(batch, time, features), batch_first",
            "time_major": "(time, batch, features), --time-major",
            "single": "(time, features): one sequence, run as batch 1"}[layout]
@@ -192,6 +198,9 @@ def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LS
     grid.add_row("", Text(describe_spec(module.spec)))
     grid.add_row("Input", Text.assemble(input_name, (f"  batch {batch}, time {time}, features {features}", "")))
     grid.add_row("", Text(f"read as {lay}; ran in {dtype}"))
+    if chunk_size:
+        chunks = -(-time // chunk_size)
+        grid.add_row("", Text(f"streamed: {chunks:,} chunks of {chunk_size:,} steps, (h, c) carried across them"))
     if lengths_text:
         grid.add_row("Lengths", Text(lengths_text))
     if initial_state:
@@ -209,9 +218,9 @@ def render_run(console: Console, outcome) -> None:
         console, checkpoint=outcome.checkpoint.path.name, fmt=outcome.checkpoint.format, module=outcome.module,
         input_name=seqs.display_name, layout=seqs.layout, batch=seqs.batch, time=seqs.time,
         features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
-        initial_state=outcome.initial_state_path,
+        initial_state=outcome.initial_state_path, chunk_size=outcome.chunk_size,
     )
-    render_view(console, view, view.output_shape(outcome.result.output.shape[-1]))
+    render_view(console, view, view.output_shape(outcome.output_width))
 
 
 def render_export(console: Console, outcome, path, meta: dict, size: int) -> None:
@@ -289,3 +298,37 @@ def render_diff(console: Console, res) -> None:
         console.print(Text(f"States differ: {bad} of {len(res.rows)} rows fail"
                            + (", tensors missing on one side" if res.only_in_a or res.only_in_b else "") + ".",
                            style=BAD_STYLE))
+
+
+class progress_bar:
+    """A context manager yielding ``progress(done, total)`` for streamed runs. The bar appears on
+    stderr only once a run has taken about a second, and is cleared when it ends."""
+
+    DELAY = 1.0  # seconds before the bar appears
+
+    def __enter__(self):
+        import os
+        import time
+
+        self.delay = float(os.environ.get("LSTMSCOPE_PROGRESS_DELAY", self.DELAY))
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self._progress = None
+        self._task = None
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is None:
+            if self._clock() - self._start < self.delay:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      console=Console(stderr=True), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("run", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -113,6 +113,22 @@ class StateView:
         return f"output[{bs}, {t}, {cols}]"
 
 
+@dataclass
+class LayerEnds:
+    """The two rows of one layer's output that h_n must equal: each sequence's last step (where the
+    forward direction ends) and step 0 (where the backward direction ends). A streamed run keeps
+    only these instead of the whole output sequence."""
+
+    at_last: np.ndarray  # (batch, num_directions * out): output[b, last_steps[b]]
+    at_first: np.ndarray  # (batch, num_directions * out): output[b, 0]
+
+    @classmethod
+    def of(cls, output: np.ndarray, last_steps: np.ndarray) -> "LayerEnds":
+        """From a whole (batch, time, D * out) output; reads only the two rows per sequence."""
+        rows = np.arange(output.shape[0])
+        return cls(np.asarray(output[rows, np.asarray(last_steps)]), np.asarray(output[:, 0]))
+
+
 def slice_stats(a: np.ndarray) -> SliceStats:
     x = np.asarray(a, dtype=np.float64)
     finite = np.isfinite(x)
@@ -152,19 +168,19 @@ def build_view(
     last_steps: np.ndarray,
     layout: str,
     time: int,
-    layer_outputs: dict[int, np.ndarray] | None = None,
+    layer_outputs: dict[int, "np.ndarray | LayerEnds"] | None = None,
     batch_index: int | None = None,
     units: str | None = None,
     tolerance: float = CHECK_TOLERANCE,
 ) -> StateView:
     """Statistics per (layer, direction), identity checks against every layer output given
-    (``{layer: (batch, time, D * out)}``), and the values asked for."""
+    (``{layer: (batch, time, D * out) array or its LayerEnds}``), and the values asked for."""
     view = StateView(spec, h_n, c_n, np.asarray(last_steps), layout, time)
     d = spec.num_directions
     p = spec.output_size
-    layer_outputs = layer_outputs or {}
+    layer_outputs = {layer: out if isinstance(out, LayerEnds) else LayerEnds.of(out, view.last_steps)
+                     for layer, out in (layer_outputs or {}).items()}
     batch = h_n.shape[1]
-    rows_b = np.arange(batch)
     for layer in range(spec.num_layers):
         for di in range(d):
             idx = layer * d + di
@@ -174,7 +190,7 @@ def build_view(
             if out is None:
                 continue
             t = view.last_steps if di == 0 else np.zeros(batch, dtype=np.int64)
-            at = out[rows_b, t, di * p:(di + 1) * p]  # (batch, out)
+            at = (out.at_last if di == 0 else out.at_first)[:, di * p:(di + 1) * p]  # (batch, out)
             diff = max_abs_diff(h_n[idx], at)
             view.checks.append(Check(layer, direction, [int(v) for v in t], (di * p, (di + 1) * p), diff, diff <= tolerance))
     if batch_index is not None or units is not None:
@@ -193,8 +209,8 @@ def build_view(
             cv = [float(c_n[row.index, b, u]) for u in us]
             ov = pos = None
             if out is not None:
-                t = int(view.last_steps[b]) if di == 0 else 0
-                ov = [float(out[b, t, di * p + u]) if u < p else None for u in us]
+                row_at = out.at_last[b] if di == 0 else out.at_first[b]
+                ov = [float(row_at[di * p + u]) if u < p else None for u in us]
                 pos = view.output_position(row.direction, b, units=(lo, min(hi, p)) if lo < p else (0, 0))
             view.values.append(ValueRow(row.layer, row.direction, us, hv, cv, ov, pos))
     return view

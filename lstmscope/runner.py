@@ -9,13 +9,18 @@ import os
 from pathlib import Path
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lstmscope.checkpoint import Checkpoint, read_checkpoint
 from lstmscope.errors import UsageError
-from lstmscope.report import StateView, build_view
+from lstmscope.report import LayerEnds, StateView, build_view
 from lstmscope.sequences import Sequences, load_sequences
-from lstmscope.spec import LSTMModule
+from lstmscope.spec import LSTMModule, LSTMSpec
 
 RUN_DTYPES = ("float16", "bfloat16", "float32", "float64")
+AUTO_STREAM_BYTES = 256 << 20  # stream automatically when input + gates + output of the whole run pass this
+AUTO_CHUNK_BYTES = 16 << 20  # automatic chunks hold about this much input + gates + output
+MIN_AUTO_CHUNK = 256  # steps; fewer would make the per-chunk overhead show
 
 
 @dataclass
@@ -33,6 +38,20 @@ class RunOptions:
     device: str = "cpu"
     initial_state: str | os.PathLike | None = None  # a state file whose h_n/c_n seed the run
     broadcast_state: bool = False  # allow a batch-1 initial state for a larger batch
+    chunk_size: int | None = None  # time steps per chunk; None: automatic (see plan_chunks); 0: never chunk
+    threads: int | None = None  # torch intra-op threads; None: engine.default_threads
+    tmp_dir: str | None = None  # where bidirectional streamed runs keep layer outputs (default: TMPDIR)
+
+
+@dataclass
+class RunResult:
+    """The final states and what the checks need, however the run was done."""
+
+    h_n: np.ndarray  # (num_layers * num_directions, batch, out)
+    c_n: np.ndarray  # (num_layers * num_directions, batch, hidden)
+    dtype: str  # the dtype the LSTM ran in
+    layer_outputs: dict[int, "np.ndarray | LayerEnds"]  # whole outputs, or just their LayerEnds when streamed
+    output: np.ndarray | None = None  # (batch, time, D * out): the last layer's whole output, unless streamed
 
 
 @dataclass
@@ -40,90 +59,183 @@ class RunOutcome:
     checkpoint: Checkpoint
     module: LSTMModule
     sequences: Sequences
-    result: "object"  # lstmscope.engine.RunResult
+    result: RunResult
     view: StateView
     initial_state_sha256: str | None = None
     initial_state_path: str | None = None
     notes: list[str] = field(default_factory=list)  # one-line remarks for stderr
+    chunk_size: int | None = None  # steps per chunk when the run was streamed
+    threads: int = 1
+    input_nonfinite: int = 0  # NaN/Inf values in the input
+
+    @property
+    def output_width(self) -> int:
+        return self.module.spec.num_directions * self.module.spec.output_size
+
+    @property
+    def nonfinite_states(self) -> list[dict]:
+        """Per (layer, direction) with any: counts of non-finite h_n / c_n values."""
+        return [{"layer": r.layer, "direction": r.direction, "h_n": r.h_n.nonfinite, "c_n": r.c_n.nonfinite}
+                for r in self.view.rows if r.h_n.nonfinite or r.c_n.nonfinite]
+
+    @property
+    def warnings(self) -> list[str]:
+        """One-line warnings about the data (for stderr and the JSON ``warnings`` list)."""
+        out = []
+        if self.input_nonfinite:
+            bad = self.nonfinite_states
+            where = "; ".join(f"layer {r['layer']} {r['direction']}: h_n {r['h_n']}, c_n {r['c_n']}" for r in bad)
+            out.append(f"{self.sequences.display_name} holds {self.input_nonfinite:,} NaN/Inf value"
+                       f"{'s' if self.input_nonfinite != 1 else ''}; non-finite final states: {where or 'none'}")
+        elif self.nonfinite_states:
+            out.append("the final states hold NaN/Inf values although the input is finite (the weights hold "
+                       "NaN/Inf, or the run overflowed its dtype)")
+        return out
 
 
-def execute_run(opts: RunOptions) -> RunOutcome:
+def plan_chunks(opts: RunOptions, spec: LSTMSpec, seqs: Sequences) -> int | None:
+    """Steps per chunk, or None for one whole run. Automatic: when the whole run's input, gates and
+    output would pass AUTO_STREAM_BYTES, chunks of about AUTO_CHUNK_BYTES of them."""
+    if opts.chunk_size is not None:
+        if opts.chunk_size < 0:
+            raise UsageError(f"--chunk-size {opts.chunk_size}: give a positive number of time steps (0: never chunk)")
+        return opts.chunk_size if 0 < opts.chunk_size < seqs.time else None
+    d = spec.num_directions
+    per_step = seqs.batch * (seqs.features + d * 4 * spec.hidden_size + d * spec.output_size) * 4
+    if seqs.time * per_step <= AUTO_STREAM_BYTES:
+        return None
+    auto = max(MIN_AUTO_CHUNK, AUTO_CHUNK_BYTES // per_step)
+    return auto if seqs.time > auto else None
+
+
+def _count_nonfinite(a: np.ndarray) -> int:
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
+def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome:
+    """Run ``opts``. ``progress(done, total)`` is called as a streamed run advances. ``sink_for(spec,
+    seqs, dtype)`` may return a callable that receives the last layer's output chunk by chunk
+    (``(start, (batch, n, D * out))``); then the whole output is never held."""
     if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
         raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
     ck = read_checkpoint(opts.checkpoint)
     module = ck.module(opts.module)
+    spec = module.spec
     seqs = load_sequences(
         opts.input,
         time_major=opts.time_major,
         key=opts.key,
         lengths_path=opts.lengths,
-        expected_features=module.spec.input_size,
+        expected_features=spec.input_size,
         module_name=module.display_name,
     )
     h0 = c0 = None
     state_sha = None
-    notes = []
+    notes = [n for n in [ck.reading_note()] if n]  # e.g. read without running code from the file
     if opts.initial_state is not None:
         from lstmscope.fileio import file_sha256
         from lstmscope.snapshot import fit_state, read_state_file
 
         state = read_state_file(opts.initial_state, allow_torch=True)
-        h0, c0 = fit_state(state, module.display_name, module.spec, seqs.batch, broadcast=opts.broadcast_state)
+        h0, c0 = fit_state(state, module.display_name, spec, seqs.batch, broadcast=opts.broadcast_state)
         state_sha = file_sha256(state.path)
-        if module.spec.bidirectional:
+        if spec.bidirectional:
             notes.append("note: bidirectional model: the backward direction's initial state enters at the last time "
                          "step, so a chunked run cannot equal the whole run (the backward pass needs the future)")
-    from lstmscope.engine import run_lstm
+    chunk = plan_chunks(opts, spec, seqs)
+    from lstmscope import engine
 
-    result = run_lstm(
-        module.spec,
-        ck.module_parameters(module),
-        seqs.data,
-        lengths=seqs.lengths,
-        dtype=opts.dtype,
-        all_layers=opts.all_layers,
-        device=opts.device,
-        h0=h0,
-        c0=c0,
-    )
-    if result.layer_outputs is not None:
-        layer_outputs = dict(enumerate(result.layer_outputs))
+    engine.check_device(opts.device)
+    threads = opts.threads if opts.threads is not None else engine.default_threads(spec, seqs.batch)
+    engine.configure_threads(threads)
+    run_dtype = opts.dtype or spec.dtype
+    params = ck.module_parameters(module)
+    if chunk is None:
+        data = seqs.data
+        nonfinite = _count_nonfinite(data)
+        r = engine.run_lstm(spec, params, data, lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers,
+                            device=opts.device, h0=h0, c0=c0)
+        outs = dict(enumerate(r.layer_outputs)) if r.layer_outputs is not None else {spec.num_layers - 1: r.output}
+        result = RunResult(r.h_n, r.c_n, r.dtype, outs, r.output)
+        if sink_for is not None:
+            sink = sink_for(ck, module, seqs, r.dtype, state_sha)
+            if sink is not None:
+                sink(0, r.output)
     else:
-        layer_outputs = {module.spec.num_layers - 1: result.output}
+        from lstmscope.streaming import stream_lstm
+
+        counted = [0, 0]  # steps counted so far, non-finite values in them (the first pass, in order, only)
+
+        def read(start: int, stop: int) -> np.ndarray:
+            x = seqs.read_steps(start, stop)
+            if start == counted[0]:
+                counted[0] = stop
+                counted[1] += _count_nonfinite(x)
+            return x
+
+        sink = sink_for(ck, module, seqs, run_dtype, state_sha) if sink_for is not None else None
+        r = stream_lstm(spec, params, read, batch=seqs.batch, time=seqs.time, chunk_size=chunk,
+                        lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers, h0=h0, c0=c0,
+                        device=opts.device, sink=sink, progress=progress, tmp_dir=opts.tmp_dir)
+        nonfinite = counted[1]
+        result = RunResult(r.h_n, r.c_n, r.dtype, dict(r.layer_ends))
     view = build_view(
-        module.spec,
+        spec,
         result.h_n,
         result.c_n,
         last_steps=seqs.last_steps(),
         layout=seqs.layout,
         time=seqs.time,
-        layer_outputs=layer_outputs,
+        layer_outputs=result.layer_outputs,
         batch_index=opts.batch_index,
         units=opts.units,
     )
     return RunOutcome(ck, module, seqs, result, view, state_sha,
-                      None if opts.initial_state is None else str(opts.initial_state), notes)
+                      None if opts.initial_state is None else str(opts.initial_state), notes, chunk, threads, nonfinite)
 
 
-def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False):
-    """Run, then write a v1 snapshot of the final states. Returns (outcome, written path, metadata)."""
+def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False,
+                 progress=None):
+    """Run, then write a v1 snapshot of the final states (and, with ``include_output``, the output,
+    written chunk by chunk as a streamed run makes it). Returns (outcome, written path, metadata)."""
     from lstmscope.fileio import check_target, refuse_overwriting_sources
-    from lstmscope.snapshot import snapshot_metadata, write_snapshot
+    from lstmscope.snapshot import SnapshotWriter, snapshot_metadata
 
     out_path = Path(out)
     check_target(out_path, force)  # refuse before spending time on the run
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
-    outcome = execute_run(opts)
-    res, seqs = outcome.result, outcome.sequences
-    meta = snapshot_metadata(
-        outcome.module.spec, batch_size=seqs.batch, dtype=res.dtype, module=outcome.module.prefix,
-        checkpoint_sha256=outcome.checkpoint.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
-        initial_state_sha256=outcome.initial_state_sha256,
-    )
-    tensors = {"h_n": res.h_n, "c_n": res.c_n}
-    if include_output:
-        tensors["output"] = res.output
-    if seqs.lengths is not None:
-        tensors["lengths"] = seqs.lengths
-    write_snapshot(out_path, tensors, meta, force=force)
-    return outcome, out_path, meta
+    box: dict = {}
+
+    def sink_for(ck: Checkpoint, module: LSTMModule, seqs: Sequences, dtype: str, state_sha: str | None):
+        """Open the snapshot before the run, so the output can go straight to its place in the file."""
+        spec = module.spec
+        meta = snapshot_metadata(spec, batch_size=seqs.batch, dtype=dtype, module=module.prefix,
+                                 checkpoint_sha256=ck.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
+                                 initial_state_sha256=state_sha)
+        np_dtype = "float32" if dtype == "bfloat16" else dtype
+        d, p, h = spec.num_directions, spec.output_size, spec.hidden_size
+        layout = {"h_n": (np_dtype, (spec.num_layers * d, seqs.batch, p)),
+                  "c_n": (np_dtype, (spec.num_layers * d, seqs.batch, h))}
+        if include_output:
+            layout["output"] = (np_dtype, (seqs.batch, seqs.time, d * p))
+        if seqs.lengths is not None:
+            layout["lengths"] = ("int64", (seqs.batch,))
+        box["meta"] = meta
+        box["writer"] = w = SnapshotWriter(out_path, layout, meta, force=force)
+        w.__enter__()
+        return (lambda start, chunk: w.put_steps("output", start, chunk)) if include_output else None
+
+    try:
+        outcome = execute_run(opts, progress=progress, sink_for=sink_for)
+        res, seqs = outcome.result, outcome.sequences
+        w = box["writer"]
+        w.put("h_n", res.h_n)
+        w.put("c_n", res.c_n)
+        if seqs.lengths is not None:
+            w.put("lengths", seqs.lengths)
+    except BaseException as e:
+        if "writer" in box:
+            box["writer"].__exit__(type(e), e, e.__traceback__)
+        raise
+    box["writer"].__exit__(None, None, None)
+    return outcome, out_path, box["meta"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lstmscope.arrays import DiskArray, npz_member, open_npy
 from lstmscope.errors import InputError, clean_message
 from lstmscope.fileio import check_source, file_sha256
 
@@ -23,27 +24,59 @@ _FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 @dataclass
 class Sequences:
-    """A validated batch of input sequences."""
+    """A validated batch of input sequences. The array stays on disk until it is read: all at once
+    (``data``) or a few time steps at a time (``read_steps``, for streamed runs)."""
 
     path: Path
     key: str | None  # array name inside an .npz, None for .npy
-    data: np.ndarray  # (B, T, F) batch-first view of the file's array (no copy for time-major)
+    source: "DiskArray | np.ndarray"  # the array as the file stores it: (B, T, F), (T, B, F) or (T, F)
     layout: str  # how the file stored it: "batch_first", "time_major" or "single"
     lengths: np.ndarray | None  # (B,) int64, each in 1..T, or None when every sequence is T long
     lengths_source: str | None  # where the lengths came from ("x.npz[lengths]", "lens.npy")
     sha256: str  # of the input file's bytes
+    _data: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(batch, time, features) whatever the file's layout."""
+        s = self.source.shape
+        if self.layout == LAYOUT_SINGLE:
+            return 1, s[0], s[1]
+        if self.layout == LAYOUT_TIME_MAJOR:
+            return s[1], s[0], s[2]
+        return s[0], s[1], s[2]
 
     @property
     def batch(self) -> int:
-        return self.data.shape[0]
+        return self.shape[0]
 
     @property
     def time(self) -> int:
-        return self.data.shape[1]
+        return self.shape[1]
 
     @property
     def features(self) -> int:
-        return self.data.shape[2]
+        return self.shape[2]
+
+    @property
+    def data(self) -> np.ndarray:
+        """The whole input as a (B, T, F) batch-first view (time-major files are transposed, not copied)."""
+        if self._data is None:
+            arr = self.source.read() if isinstance(self.source, DiskArray) else self.source
+            self._data = arr[None] if self.layout == LAYOUT_SINGLE else (
+                arr.transpose(1, 0, 2) if self.layout == LAYOUT_TIME_MAJOR else arr)
+        return self._data
+
+    def read_steps(self, start: int, stop: int) -> np.ndarray:
+        """Time steps start..stop-1 of every sequence, (B, stop - start, F), read from disk by position."""
+        src = self.source
+        if self._data is not None or not isinstance(src, DiskArray) or src.fortran_order:
+            return self.data[:, start:stop]
+        if self.layout == LAYOUT_SINGLE:
+            return src.read_axis0(start, stop)[None]
+        if self.layout == LAYOUT_TIME_MAJOR:
+            return src.read_axis0(start, stop).transpose(1, 0, 2)
+        return src.read_axis1(start, stop)
 
     def last_steps(self) -> np.ndarray:
         """(B,) index of each sequence's true last step."""
@@ -57,7 +90,8 @@ class Sequences:
 
 
 def _load_any(path: Path, what: str):
-    """np.load without pickles; every failure becomes an InputError naming the file."""
+    """Open an .npy (a DiskArray) or .npz (name -> DiskArray or array) without reading its data and
+    without pickles; every failure becomes an InputError naming the file."""
     check_source(path, f"{what} (.npy or .npz)", InputError)
     try:
         with open(path, "rb") as fh:
@@ -68,26 +102,25 @@ def _load_any(path: Path, what: str):
                     raise InputError(f"{path} is a damaged or truncated .npz (zip) archive")
                 fh.seek(0)
                 with zipfile.ZipFile(fh) as z:
-                    members = z.namelist()
-                if not members or not all(n.endswith(".npy") for n in members):
-                    what_is = "a PyTorch checkpoint" if any(n.endswith("data.pkl") for n in members) else "not an .npz"
-                    raise InputError(f"{path} is a zip archive but {what_is}; the input must be .npy or .npz sequences")
-                fh.seek(0)
-                with np.load(fh, allow_pickle=False) as z:
-                    return {k: z[k] for k in z.files}
+                    infos = z.infolist()
+                    names = [i.filename for i in infos]
+                    if not names or not all(n.endswith(".npy") for n in names):
+                        what_is = "a PyTorch checkpoint" if any(n.endswith("data.pkl") for n in names) else "not an .npz"
+                        raise InputError(f"{path} is a zip archive but {what_is}; the input must be .npy or .npz sequences")
+                    return {i.filename[:-4]: npz_member(path, z, i, f"{path.name}[{i.filename[:-4]}]", InputError)
+                            for i in infos}
             if magic != b"\x93NUMPY":
                 kind = "a Python pickle" if magic[:1] == b"\x80" else "no NumPy header"
                 raise InputError(f"{path} is not a .npy/.npz file ({kind}); save arrays with np.save or np.savez")
-            return np.load(fh, allow_pickle=False)
+        return open_npy(path, str(path), InputError)
     except InputError:
         raise
-    except ValueError as e:
-        msg = clean_message(e)
-        if "allow_pickle" in msg or "pickle" in msg.lower():
-            raise InputError(f"{path} holds Python objects (a pickled object array); save numeric arrays with np.save") from None
-        raise InputError(f"{path} is not a readable .npy/.npz file ({msg})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as e:
         raise InputError(f"{path} is not a readable .npy/.npz file ({clean_message(e)})") from None
+
+
+def _read_small(arr) -> np.ndarray:
+    return arr.read() if isinstance(arr, DiskArray) else np.asarray(arr)
 
 
 def load_sequences(
@@ -109,7 +142,7 @@ def load_sequences(
         arr = obj[key]
         for lk in _LENGTH_KEYS:
             if lk in obj and lk != key:
-                lengths, lengths_source = obj[lk], f"{path.name}[{lk}]"
+                lengths, lengths_source = _read_small(obj[lk]), f"{path.name}[{lk}]"
                 break
     else:
         if key is not None:
@@ -120,12 +153,11 @@ def load_sequences(
     if arr.ndim == 2:
         if time_major:
             raise InputError(f"{where} is 2-D (T, F), one sequence; --time-major applies to 3-D (T, B, F) input")
-        layout, data = LAYOUT_SINGLE, arr[None]
-    elif time_major:
-        layout, data = LAYOUT_TIME_MAJOR, arr.transpose(1, 0, 2)
+        layout = LAYOUT_SINGLE
     else:
-        layout, data = LAYOUT_BATCH_FIRST, arr
-    b, t, f = data.shape
+        layout = LAYOUT_TIME_MAJOR if time_major else LAYOUT_BATCH_FIRST
+    seqs = Sequences(path, key, arr, layout, None, None, "")
+    b, t, f = seqs.shape
     if expected_features is not None and f != expected_features:
         lay = {"single": "(T, F)", "batch_first": "(B, T, F)", "time_major": "(T, B, F)"}[layout]
         raise InputError(
@@ -142,10 +174,12 @@ def load_sequences(
             lobj, lengths_source = lobj[lk], f"{lp.name}[{lk}]"
         else:
             lengths_source = lp.name
-        lengths = lobj
+        lengths = _read_small(lobj)
     if lengths is not None:
-        lengths = check_lengths(lengths, lengths_source, b, t)
-    return Sequences(path, key, data, layout, lengths, lengths_source, file_sha256(path))
+        seqs.lengths = check_lengths(lengths, lengths_source, b, t)
+        seqs.lengths_source = lengths_source
+    seqs.sha256 = file_sha256(path)
+    return seqs
 
 
 def _pick_key(path: Path, arrays: dict, key: str | None) -> str:
@@ -179,9 +213,10 @@ def _check_array(arr: np.ndarray, where: str, time_major: bool) -> np.ndarray:
         )
     if dt.kind == "c":
         raise InputError(f"{where} is complex ({dt.name}); expected real float16/float32/float64 sequences")
+    if dt.kind in "US":
+        raise InputError(f"{where} holds strings (dtype {dt.str}); expected float16, float32 or float64 numbers")
     if dt.kind == "f" and dt.newbyteorder("=") in _FLOAT_KINDS and dt not in _FLOAT_KINDS:
-        arr = arr.astype(dt.newbyteorder("="))  # big-endian file: native byte order
-        dt = arr.dtype
+        dt = dt.newbyteorder("=")  # big-endian file: converted to native byte order as it is read
     if dt not in _FLOAT_KINDS:
         raise InputError(f"{where} has dtype {dt}; expected float16, float32 or float64")
     if arr.ndim not in (2, 3):
@@ -216,11 +251,11 @@ def check_lengths(lengths, source: str | None, batch: int, time: int) -> np.ndar
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))][0]
             raise InputError(f"{src} holds {float(bad)}, which is not a whole number; lengths count time steps")
-    out = arr.astype(np.int64)
-    if np.any(out < 1):
-        i = int(np.argmax(out < 1))
-        raise InputError(f"{src}[{i}] is {out[i]}; every length must be at least 1")
-    if np.any(out > time):
-        i = int(np.argmax(out > time))
-        raise InputError(f"{src}[{i}] is {out[i]} but the input has only {time} time steps")
-    return out
+    # Range checks before the cast: 1e19 or a uint64 past 2**63 would wrap (or warn) on the way to int64.
+    if np.any(arr < 1):
+        i = int(np.argmax(arr < 1))
+        raise InputError(f"{src}[{i}] is {int(arr[i])}; every length must be at least 1")
+    if np.any(arr > time):
+        i = int(np.argmax(arr > time))
+        raise InputError(f"{src}[{i}] is {int(arr[i])} but the input has only {time} time steps")
+    return arr.astype(np.int64)

@@ -25,6 +25,7 @@ import numpy as np
 from lstmscope import __version__
 from lstmscope.errors import StateError, clean_message
 from lstmscope.fileio import atomic_writer, check_source
+from lstmscope.lazyarray import LAZY_DTYPES, LazyArray, safetensors_layout
 from lstmscope.spec import LSTMSpec
 
 FORMAT_VERSION = 1
@@ -44,13 +45,13 @@ class StateFile:
     path: Path
     h_n: np.ndarray  # (num_layers * num_directions, batch, out)
     c_n: np.ndarray  # (num_layers * num_directions, batch, hidden)
-    output: np.ndarray | None  # (batch, time, num_directions * out)
+    output: np.ndarray | LazyArray | None  # (batch, time, num_directions * out); lazy from safetensors
     lengths: np.ndarray | None  # (batch,) int64
     meta: dict[str, Any] | None
     kind: str  # "lstmscope snapshot v1", "safetensors", "npz", "torch"
-    extra: dict[str, np.ndarray]  # any other tensors in the file
+    extra: dict[str, np.ndarray | LazyArray]  # any other tensors in the file (lazy from safetensors)
 
-    def tensors(self) -> dict[str, np.ndarray]:
+    def tensors(self) -> dict[str, np.ndarray | LazyArray]:
         out = {"h_n": self.h_n, "c_n": self.c_n}
         if self.output is not None:
             out["output"] = self.output
@@ -107,18 +108,62 @@ def encode_header(tensors: dict[str, tuple[str, tuple[int, ...]]], metadata: dic
 def write_snapshot(path: str | os.PathLike, tensors: dict[str, np.ndarray], meta: dict[str, Any], *,
                    force: bool = False) -> Path:
     """Write a v1 snapshot atomically. ``tensors`` must include h_n and c_n."""
-    path = Path(path)
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items() if v is not None}
-    for k, v in arrays.items():
-        if v.dtype.name not in _ST_DTYPES:
-            raise StateError(f"cannot store {k} of dtype {v.dtype} in a snapshot")
-    head, order = encode_header({k: (v.dtype.name, v.shape) for k, v in arrays.items()},
-                                {METADATA_KEY: canonical_json(meta)})
-    with atomic_writer(path, force) as f:
-        f.write(head)
+    arrays = {k: np.asarray(v) for k, v in tensors.items() if v is not None}
+    with SnapshotWriter(path, {k: (v.dtype.name, v.shape) for k, v in arrays.items()}, meta, force=force) as w:
+        for name, a in arrays.items():
+            w.put(name, a)
+    return Path(path)
+
+
+class SnapshotWriter:
+    """A v1 snapshot written in pieces, for runs too long to hold their output: the header (so the
+    layout) is fixed first, then each tensor is filled in, the output a time chunk at a time at its
+    place in the file. The bytes equal what ``write_snapshot`` writes for the same content. Used as
+    a context manager: the file appears (atomically) only when the block ends without an error."""
+
+    def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
+                 meta: dict[str, Any], *, force: bool = False):
+        self.path, self.force = Path(path), force
+        for k, (dtype, _) in layout.items():
+            if dtype not in _ST_DTYPES:
+                raise StateError(f"cannot store {k} of dtype {dtype} in a snapshot")
+        self.layout = layout
+        self.head, order = encode_header(layout, {METADATA_KEY: canonical_json(meta)})
+        self.offsets, at = {}, len(self.head)
         for name in order:
-            f.write(memoryview(arrays[name].astype(arrays[name].dtype.newbyteorder("<"), copy=False)).cast("B"))
-    return path
+            dtype, shape = layout[name]
+            self.offsets[name] = at
+            at += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.size = at
+
+    def __enter__(self) -> "SnapshotWriter":
+        self._ctx = atomic_writer(self.path, self.force)
+        self.f = self._ctx.__enter__()
+        self.f.write(self.head)
+        self.f.truncate(self.size)
+        return self
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._ctx.__exit__(*exc)
+
+    def _bytes(self, name: str, a: np.ndarray) -> memoryview:
+        a = np.ascontiguousarray(a, dtype=np.dtype(self.layout[name][0]).newbyteorder("<"))
+        return memoryview(a).cast("B")
+
+    def put(self, name: str, a: np.ndarray) -> None:
+        """A whole tensor."""
+        if tuple(a.shape) != tuple(self.layout[name][1]):
+            raise ValueError(f"{name}: shape {a.shape} is not {self.layout[name][1]}")
+        self.f.seek(self.offsets[name])
+        self.f.write(self._bytes(name, a))
+
+    def put_steps(self, name: str, start: int, chunk: np.ndarray) -> None:
+        """Time steps start.. of a (batch, time, width) tensor, given as (batch, n, width)."""
+        _, (batch, time, width) = self.layout[name]
+        itemsize = np.dtype(self.layout[name][0]).itemsize
+        for b in range(batch):
+            self.f.seek(self.offsets[name] + ((b * time + start) * width) * itemsize)
+            self.f.write(self._bytes(name, chunk[b]))
 
 
 def _sniff(path: Path) -> str:
@@ -171,13 +216,18 @@ def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> St
     return _assemble(path, arrays, meta, kind)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str] | None]:
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | LazyArray], dict[str, str] | None]:
+    """Tensors as LazyArrays (nothing is read yet), after the header has been checked against the file.
+    A file with a dtype numpy lacks (BF16, F8) goes through the safetensors library, which refuses it."""
     from lstmscope.checkpoint import read_safetensors_header  # validates offsets before reading
 
     try:
         read_safetensors_header(path)
     except Exception as e:
         raise StateError(clean_message(e)) from None
+    meta, layout = safetensors_layout(path)
+    if all(dtype in LAZY_DTYPES for dtype, _, _, _ in layout.values()):
+        return {k: LazyArray(path, begin, LAZY_DTYPES[dtype], shape) for k, (dtype, shape, begin, _) in layout.items()}, meta
     from safetensors import safe_open
 
     try:
@@ -212,7 +262,7 @@ def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> Sta
     else:
         raise StateError(f"{path} holds {', '.join(sorted(arrays)) or 'no tensors'}; a state file needs h_n and c_n "
                          "(or h0 and c0) in PyTorch's layout (num_layers * num_directions, batch, hidden)")
-    h, c = arrays.pop(h_key), arrays.pop(c_key)
+    h, c = np.asarray(arrays.pop(h_key)), np.asarray(arrays.pop(c_key))  # small: (layers * directions, batch, width)
     for name, a in ((h_key, h), (c_key, c)):
         if a.ndim != 3:
             raise StateError(f"{path}: {name} has shape {tuple(a.shape)}; expected 3-D (num_layers * num_directions, batch, hidden)")

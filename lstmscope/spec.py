@@ -165,10 +165,10 @@ def _infer_module(prefix: str, names: dict[str, str], tensors: Mapping[str, Tens
             f"expected tensor '{prefix}weight_ih_l0' of shape (4*hidden_size, input_size)"
         )
     w_ih = tensors[names["weight_ih_l0"]]
-    if len(w_ih.shape) != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
+    if len(w_ih.shape) != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0 or w_ih.shape[1] == 0:
         raise CheckpointError(
             f"{where}: '{prefix}weight_ih_l0' has shape {_fmt(w_ih.shape)}; "
-            "expected (4*hidden_size, input_size) with a first dimension divisible by 4"
+            "expected (4*hidden_size, input_size), both non-zero, with a first dimension divisible by 4"
         )
     hidden = w_ih.shape[0] // 4
     proj = 0
@@ -177,8 +177,17 @@ def _infer_module(prefix: str, names: dict[str, str], tensors: Mapping[str, Tens
         if len(w_hr.shape) != 2:
             raise CheckpointError(f"{where}: '{prefix}weight_hr_l0' has shape {_fmt(w_hr.shape)}; expected (proj_size, {hidden})")
         proj = w_hr.shape[0]
+        if not 0 < proj < hidden:
+            raise CheckpointError(f"{where}: '{prefix}weight_hr_l0' has shape {_fmt(w_hr.shape)}; expected "
+                                  f"(proj_size, {hidden}) with 0 < proj_size < hidden_size ({hidden}), as nn.LSTM requires")
     layers = sorted({int(_PARAM.match(n).group("layer")) for n in names})
     num_layers = layers[-1] + 1
+    gap = next((i for i, layer in enumerate(layers) if layer != i), None)
+    if gap is not None:  # checked before expected_shapes(), which would list every layer up to "weight_ih_l99999999"
+        raise CheckpointError(
+            f"{where} has tensors for layer {layers[gap]} but none for layer {gap}: missing tensor "
+            f"'{prefix}weight_ih_l{gap}' (found layers {', '.join(map(str, layers[:8]))}{', ...' if len(layers) > 8 else ''})"
+        )
     spec = LSTMSpec(
         input_size=w_ih.shape[1],
         hidden_size=hidden,

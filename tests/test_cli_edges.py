@@ -56,7 +56,7 @@ def test_initial_state_full_module_pickle_is_one_clean_line(invoke, tmp_path):
     bad = tmp_path / "state.pt"
     torch.save(lstm, bad)  # a module, not an (h, c) tuple
     line = assert_one_error_line(invoke("run", ck, x, "--initial-state", bad), bad)
-    assert "weights_only` set to `False" not in line and "full-module pickle" in line
+    assert "weights_only` set to `False" not in line and "(h, c) tuple" in line
 
 
 def test_export_refuses_to_overwrite_its_own_input_even_with_force(invoke, tmp_path):
