@@ -1,8 +1,9 @@
 """Read checkpoint files of every supported format and find the LSTMs in them.
 
 The format is sniffed from the file's bytes, not its name. safetensors headers are parsed here
-without torch, so ``inspect`` on a ``.safetensors`` file never imports it; torch files import
-torch only when they are read. Torch files are read with ``weights_only=True``; when that refuses
+without torch, and torch files are listed without torch by lstmscope.torch_listing (which hands
+anything it does not model back to torch), so ``inspect`` imports torch only for such files; ``run``
+imports it when it needs tensor values. Torch files are read with ``weights_only=True``; when that refuses
 a file (a full-module pickle, pickle protocol 4 or 5), lstmscope.safe_pickle reads it again
 without running code from it: other classes become inert stubs and calls are refused.
 """
@@ -98,6 +99,16 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(head) and all(b in _TEXT_BYTES for b in head)
 
 
+# The legacy format's first pickle, torch's magic number, as pickle protocols 0 and 1 write it (a text
+# LONG opcode, then STOP). Protocols 2-5 start with PROTO, b"\x80\x02" and up.
+_LEGACY_TEXT_MAGIC = b"L119547037146038801333356L\n."
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(prefix)) == prefix
+
+
 def sniff_format(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(16)
@@ -119,6 +130,8 @@ def sniff_format(path: Path) -> str:
     if head[:2] == b"PK":
         raise CheckpointError(f"{path} is a damaged or truncated zip archive (an interrupted download?); "
                               "a PyTorch checkpoint cannot be read from it")
+    if head.startswith(_LEGACY_TEXT_MAGIC[:16]) and _starts_with(path, _LEGACY_TEXT_MAGIC):
+        return FORMAT_TORCH_LEGACY  # written with pickle protocol 0 or 1: printable, but a torch file
     if _looks_like_text(head):  # before the safetensors test: '{' can sit at byte 8 of a JSON file too
         kind = "a JSON file" if head.lstrip()[:1] in (b"{", b"[") else "a text file"
         raise CheckpointError(f"{path} is {kind}, not a checkpoint; lstmscope reads PyTorch (.pt/.pth/.bin/.ckpt) "
@@ -149,11 +162,16 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         tensors = read_safetensors_header(path)
         load = _safetensors_loader(path)
     else:
-        flat, report = _torch_load_flat(path, fmt)
+        listed = _list_torch_free(path, fmt)
+        if listed is not None:  # names, shapes and dtypes without torch; values are loaded when asked for
+            tensors, report = listed
+            load = _lazy_torch_loader(path, fmt, tensors)
+        else:
+            flat, report = _torch_load_flat(path, fmt)
+            tensors = {k: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in flat.items()}
+            load = lambda keys: {k: flat[k] for k in keys}  # noqa: E731
         if report is not None:
             stubbed, refused = report.stubbed_only(), list(report.refused_calls)
-        tensors = {k: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in flat.items()}
-        load = lambda keys: {k: flat[k] for k in keys}  # noqa: E731
     others: list[str] = []
     modules = find_lstm_modules(tensors, path.name, others)
     return Checkpoint(path=path, format=fmt, sha256=file_sha256(path), tensors=tensors, modules=modules, _load=load,
@@ -233,6 +251,49 @@ def _safetensors_loader(path: Path) -> Callable[[list[str]], dict[str, Any]]:
 
 
 # --- torch files ----------------------------------------------------------------------------------
+
+# Internal, for tests and debugging: "1" lists torch files with torch, as the tensor loader reads them.
+LIST_WITH_TORCH_ENV = "LSTMSCOPE_LIST_WITH_TORCH"
+
+
+def _list_torch_free(path: Path, fmt: str) -> tuple[dict[str, TensorInfo], Any] | None:
+    """Tensor infos and the safe_pickle report of a torch file, read by lstmscope.torch_listing without
+    torch; None when that reader cannot vouch for giving what torch would (torch then reads the file,
+    and gives its own errors)."""
+    if os.environ.get(LIST_WITH_TORCH_ENV) == "1":
+        return None
+    from lstmscope.torch_listing import TensorRecord, list_torch_file
+
+    try:
+        obj, report = list_torch_file(path, legacy=fmt == FORMAT_TORCH_LEGACY)
+        flat: dict[str, Any] = {}
+        _flatten(obj, "", flat, TensorRecord, depth=0, budget=[_FLATTEN_BUDGET])
+    except Exception:  # Unsupported, a damaged file, too many objects: all for the torch path to judge
+        return None
+    return {k: TensorInfo(t.shape, t.dtype) for k, t in flat.items()}, report
+
+
+def _lazy_torch_loader(path: Path, fmt: str, listed: dict[str, TensorInfo]) -> Callable[[list[str]], dict[str, Any]]:
+    """Loads the file with torch on first use (as read_checkpoint's torch path does) and checks the
+    tensors against the torch-free listing the LSTMs were found in."""
+    flat: dict[str, Any] = {}
+    loaded: list[bool] = []
+
+    def load(keys: list[str]) -> dict[str, Any]:
+        if not loaded:
+            flat.update(_torch_load_flat(path, fmt)[0])
+            loaded.append(True)
+        out = {}
+        for k in keys:
+            t = flat.get(k)
+            if t is None or TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) != listed[k]:
+                raise CheckpointError(f"{path}: tensor {k!r} is not what the file listed when it was opened "
+                                      "(did the file change?); run again")
+            out[k] = t
+        return out
+
+    return load
+
 
 def _torch_load_flat(path: Path, fmt: str) -> tuple[dict[str, Any], Any]:
     """Flattened tensors of a torch file, and the safe_pickle report (None when weights-only loading read it)."""

@@ -389,3 +389,28 @@ def test_fortran_ordered_input_is_read_correctly(invoke, files, tmp_path):
     for chunk in (0, 5):
         b = run_json(invoke, models["uni2"][1], tmp_path / "f.npy", "--chunk-size", chunk)
         assert b["states"] == a["states"]
+
+
+@pytest.mark.parametrize("name", ["uni2-proj", "bi2"])
+def test_streamed_run_from_an_initial_state_equals_nn_lstm(invoke, files, tmp_path, name):
+    from safetensors.numpy import save_file
+
+    root, x, models = files
+    lstm, ckpt = models[name]
+    cfg = CONFIGS[name]
+    d = 2 if cfg["bidirectional"] else 1
+    rng = np.random.default_rng(11)
+    h0 = rng.standard_normal((cfg["num_layers"] * d, B, cfg["proj_size"] or H)).astype(np.float32)
+    c0 = rng.standard_normal((cfg["num_layers"] * d, B, H)).astype(np.float32)
+    save_file({"h_n": h0, "c_n": c0}, str(tmp_path / "init.safetensors"))
+    with torch.no_grad():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(LENGTHS),
+                                                         batch_first=True, enforce_sorted=False)
+        _, (h, c) = lstm(packed, (torch.from_numpy(h0), torch.from_numpy(c0)))
+    out = tmp_path / "s.safetensors"
+    r = invoke("export-state", ckpt, root / "x_len.npz", "-o", out, "--initial-state", tmp_path / "init.safetensors",
+               "--chunk-size", 5)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    got = load_file(str(out))
+    np.testing.assert_allclose(got["h_n"], h.numpy(), rtol=0, atol=TOL)
+    np.testing.assert_allclose(got["c_n"], c.numpy(), rtol=0, atol=TOL)
