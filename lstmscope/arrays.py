@@ -12,7 +12,10 @@ size before anything is allocated, so a header that claims terabytes is refused 
 from __future__ import annotations
 
 import ast
+import math
 import os
+import warnings
+import zlib
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ class DiskArray:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow for lying headers
 
     def read(self) -> np.ndarray:
         """The whole array, native byte order."""
@@ -126,13 +129,16 @@ def parse_npy_header(f: BinaryIO, where: str, error: type[LstmscopeError]) -> tu
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise error(f"{where}: the .npy header lacks descr/fortran_order/shape; the file is corrupt")
     shape, descr, fortran = header["shape"], header["descr"], header["fortran_order"]
-    if not isinstance(shape, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62
+                                               for d in shape) or len(shape) > 32:
         raise error(f"{where}: the .npy header has an invalid shape {shape!r}")
     if not isinstance(fortran, bool):
         raise error(f"{where}: the .npy header has an invalid fortran_order {fortran!r}")
     try:
-        dtype = np.dtype(descr) if isinstance(descr, str) else None
-    except (TypeError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a deprecated spelling is as unreadable as a wrong one
+            dtype = np.dtype(descr) if isinstance(descr, str) else None
+    except Exception:  # numpy's dtype parser raises TypeError, ValueError, SyntaxError, warnings...
         dtype = None
     if dtype is None:
         if isinstance(descr, list):
@@ -162,7 +168,9 @@ def npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: st
                error: type[LstmscopeError]) -> DiskArray | np.ndarray:
     """An .npz member: a DiskArray when it is stored uncompressed (``np.savez``: positioned reads
     straight from the archive), else the decompressed array (``np.savez_compressed``)."""
-    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+    if info.flag_bits & 0x1:
+        raise error(f"{where} is encrypted; lstmscope reads plain .npz archives (np.savez)")
+    if info.compress_type == zipfile.ZIP_STORED:
         with open(path, "rb") as f:
             f.seek(info.header_offset)
             local = f.read(30)
@@ -171,11 +179,18 @@ def npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: st
             name_len, extra_len = struct.unpack("<HH", local[26:30])
         data_at = info.header_offset + 30 + name_len + extra_len
         return open_npy(path, where, error, offset=data_at, available=info.file_size)
+    try:
+        return _inflate(zf, info, where, error)
+    except (zlib.error, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, OSError) as e:
+        raise error(f"{where}: damaged compressed .npz member ({e})") from None
+
+
+def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, error: type[LstmscopeError]) -> np.ndarray:
     with zf.open(info) as src:
         shape, dtype, fortran, _ = parse_npy_header(src, where, error)
         if dtype.hasobject:
             raise error(f"{where} holds Python objects (a pickled object array); save numeric arrays with np.save")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > info.file_size:
             raise error(f"{where} is truncated: its header promises {dtype} {tuple(shape)} ({nbytes:,} bytes) "
                         f"but the member holds {info.file_size:,} bytes")

@@ -104,7 +104,9 @@ def _load_any(path: Path, what: str):
                 with zipfile.ZipFile(fh) as z:
                     infos = z.infolist()
                     names = [i.filename for i in infos]
-                    if not names or not all(n.endswith(".npy") for n in names):
+                    if not names:
+                        raise InputError(f"{path} is an empty .npz archive; expected the input sequences in it")
+                    if not all(n.endswith(".npy") for n in names):
                         what_is = "a PyTorch checkpoint" if any(n.endswith("data.pkl") for n in names) else "not an .npz"
                         raise InputError(f"{path} is a zip archive but {what_is}; the input must be .npy or .npz sequences")
                     return {i.filename[:-4]: npz_member(path, z, i, f"{path.name}[{i.filename[:-4]}]", InputError)

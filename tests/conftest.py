@@ -15,6 +15,23 @@ SAMPLES = ROOT / "sample_checkpoints"
 sys.path.insert(0, str(TESTS))  # `from reference import lstm_reference`
 
 
+def _hypothesis_profiles() -> None:
+    """"ci" (the default) and "long" (``pytest --hypothesis-profile=long tests/test_fuzz.py``). Tests that
+    pass their own ``@settings`` keep them; test_fuzz.py takes its example counts from here. No example
+    database: nothing is written into the working tree."""
+    from hypothesis import HealthCheck, settings
+
+    slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=500, deadline=2000, database=None, derandomize=True,
+                              suppress_health_check=slow, print_blob=True)
+    settings.register_profile("long", settings.get_profile("ci"), max_examples=5000, derandomize=False)
+    if settings.get_current_profile_name() == "default":  # never undo a --hypothesis-profile already applied
+        settings.load_profile("ci")
+
+
+_hypothesis_profiles()
+
+
 def real_checkpoints_dir() -> Path:
     return Path(os.environ.get("LSTMSCOPE_REAL_CHECKPOINTS", ROOT.parent / "shared" / "real_checkpoints"))
 
