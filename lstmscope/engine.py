@@ -93,17 +93,35 @@ def check_device(device: str) -> str:
 
 
 SMALL_STEP_MACS = 1 << 20  # below this much work per time step, one thread beats two (see README)
+MAX_DEFAULT_THREADS = 8
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def busy_cores() -> int:
+    """Other processes running right now (Linux /proc/loadavg "running/total", less this process), 0 elsewhere."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - 1)
 
 
 def default_threads(spec: LSTMSpec, batch: int) -> int:
-    """One thread for small models, where OpenMP's hand-offs cost more than they save and a busy
-    machine can make two threads collapse; otherwise every core this process may use (at most 8)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    """One thread for small models, where OpenMP's hand-offs cost more than they save. Bigger models
+    get the cores no other process is running on right now (at most 8): an LSTM's threads wait for
+    each other at every time step, so one thread sharing a core with another program stalls them
+    all (measured here: 4-12x slower than one thread while another process held a core)."""
     macs = batch * spec.num_directions * 4 * spec.hidden_size * (spec.input_size + spec.output_size)
-    return 1 if macs < SMALL_STEP_MACS else max(1, min(cores, 8))
+    if macs < SMALL_STEP_MACS:
+        return 1
+    return max(1, min(usable_cores() - busy_cores(), MAX_DEFAULT_THREADS))
 
 
 def configure_threads(threads: int) -> None:

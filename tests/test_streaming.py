@@ -325,14 +325,17 @@ def test_threads_do_not_change_results_and_are_validated(invoke, files):
     assert r.exit_code == 2 and r.stderr.startswith("Error: --threads 0") and r.stdout == ""
 
 
-def test_default_threads_rule():
+def test_default_threads_rule(monkeypatch):
     from lstmscope.engine import default_threads
     from lstmscope.spec import LSTMSpec
 
     small = LSTMSpec(32, 64, 0, 1, False, True, "float32")
     big = LSTMSpec(64, 256, 0, 2, True, True, "float32")
     assert default_threads(small, 1) == 1
-    assert default_threads(big, 32) == max(1, min(len(os.sched_getaffinity(0)), 8))
+    cores = len(os.sched_getaffinity(0))
+    for busy, want in ((0, min(cores, 8)), (cores - 1, 1), (cores + 5, 1)):
+        monkeypatch.setattr("lstmscope.engine.busy_cores", lambda busy=busy: busy)
+        assert default_threads(big, 32) == max(1, want)
 
 
 def test_device_is_validated_and_cpu_works(invoke, files):
