@@ -2,15 +2,14 @@
 
 B is the reference: an element passes when ``|a - b| <= atol + rtol * |b|`` (torch.testing's rule).
 Everything is computed in float64, in fixed-size blocks read straight from the files (a snapshot's
-tensors are LazyArrays), so big snapshots compare in flat memory: a few blocks per thread.
+tensors are LazyArrays), so big snapshots compare in flat memory: a few buffers of one block each.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +20,7 @@ from lstmscope.snapshot import ARCHITECTURE_FIELDS, PROVENANCE_FIELDS, StateFile
 
 DEFAULT_RTOL = 1.3e-6  # torch.testing.assert_close defaults for float32
 DEFAULT_ATOL = 1e-5
-BLOCK = 1 << 18  # elements per block: 2 MiB per float64 buffer, which stays in cache
-THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-PARALLEL_BLOCKS = 4  # blocks per thread below which a tensor is compared on the calling thread
+BLOCK = 1 << 17  # elements per block: 1 MiB per float64 buffer, which stays in cache
 
 
 @dataclass
@@ -79,9 +76,8 @@ def compare_arrays(a: "np.ndarray | LazyArray", b: "np.ndarray | LazyArray", *, 
     """One row: max abs/rel difference (and where), mismatches, cosine; in float64 blocks.
 
     ``a`` and ``b`` are arrays or LazyArrays. They are read BLOCK elements at a time into buffers
-    allocated once per thread, and every float64 intermediate lives in a buffer of one block
-    (``out=``), so memory stays flat however big the tensors are. Big tensors are scanned by THREADS
-    threads; the blocks' results are combined in block order, so the row does not depend on that.
+    allocated once, and every float64 intermediate lives in a buffer of one block (``out=``), so
+    memory stays flat however big the tensors are.
     """
     if a.shape != b.shape:
         return DiffRow(tensor, layer, direction, list(a.shape), list(b.shape), passed=False,
@@ -89,17 +85,20 @@ def compare_arrays(a: "np.ndarray | LazyArray", b: "np.ndarray | LazyArray", *, 
     shape = tuple(a.shape)
     n = int(np.prod(shape, dtype=np.int64))
     fa, fb = (v if isinstance(v, LazyArray) else np.asarray(v).reshape(-1) for v in (a, b))
-    starts = range(0, n, BLOCK)
-    stats = _map_blocks(lambda: _Scanner(fa, fb, n, atol, rtol, equal_nan), starts)
     best, best_at, best_rel, bad, nonfinite = -1.0, 0, 0.0, 0, False
     cos = _Cosine()
-    for s, st in zip(starts, stats):
-        bad += st.bad
-        if st.max_abs > best:
-            best, best_at = st.max_abs, s + st.at
-        best_rel = max(best_rel, st.max_rel)
-        nonfinite = nonfinite or st.nonfinite
-        cos.fold(*st.sums)
+    scanner = _Scanner(fa, fb, n, atol, rtol, equal_nan)
+    try:
+        for s in range(0, n, BLOCK):
+            st = scanner.scan(s)
+            bad += st.bad
+            if st.max_abs > best:
+                best, best_at = st.max_abs, s + st.at
+            best_rel = max(best_rel, st.max_rel)
+            nonfinite = nonfinite or st.nonfinite
+            cos.fold(*st.sums)
+    finally:
+        scanner.close()
     at = [int(v) for v in np.unravel_index(best_at, shape)] if n else None
     return DiffRow(tensor, layer, direction, list(shape), None, max(best, 0.0), at, best_rel, bad, n,
                    float("nan") if nonfinite else cos.value(), bad == 0)  # cosine undefined with NaN/Inf (JSON null)
@@ -134,7 +133,7 @@ class _Side:
 
 
 class _Scanner:
-    """What one thread needs to scan blocks of a and b: their files and buffers of one block."""
+    """The statistics of one block of a and b at a time, from the operands' open files and buffers of one block."""
 
     def __init__(self, a, b, n: int, atol: float, rtol: float, equal_nan: bool):
         self.n, self.atol, self.rtol, self.equal_nan = n, atol, rtol, equal_nan
@@ -171,10 +170,9 @@ class _Scanner:
             bad, bound = 0, atol + rtol * ymin  # the smallest tolerance in the block
             if dmax > bound:  # only elements above it can fail
                 np.greater(d, bound, out=mask)
-                k = int(np.count_nonzero(mask))
-                if k * 8 <= c:  # a few: check just those
-                    idx = np.flatnonzero(mask)
-                    bad = k - int(np.count_nonzero(d[idx] <= atol + rtol * t[idx]))
+                idx = np.flatnonzero(mask)
+                if idx.size * 8 <= c:  # a few: check just those
+                    bad = idx.size - int(np.count_nonzero(d[idx] <= atol + rtol * t[idx]))
                 else:
                     np.multiply(t, rtol, out=e)
                     np.add(e, atol, out=e)
@@ -186,48 +184,6 @@ class _Scanner:
                 rel = float(e.max() if ymin > 0 else np.fmax.reduce(e))
                 rel = 0.0 if math.isnan(rel) else rel
             return _BlockStats(bad, i, dmax, rel, False, _cosine_sums(x, y))
-
-
-def _map_blocks(make: Callable[[], _Scanner], starts: range) -> list[_BlockStats]:
-    """``scanner.scan(s)`` for every start, in order; on THREADS threads when there are many blocks."""
-    threads = min(THREADS, len(starts) // PARALLEL_BLOCKS)
-    if threads <= 1:
-        sc = make()
-        try:
-            return [sc.scan(s) for s in starts]
-        finally:
-            sc.close()
-    import threading
-
-    out: list[Any] = [None] * len(starts)
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def work(k: int) -> None:
-        try:
-            sc = make()
-            try:
-                for j in range(k, len(starts), threads):  # interleaved: the threads read neighbouring blocks
-                    if stop.is_set():
-                        return
-                    out[j] = sc.scan(starts[j])
-            finally:
-                sc.close()
-        except BaseException as e:  # re-raised in the calling thread
-            errors.append(e)
-            stop.set()
-
-    workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
-    for w in workers:
-        w.start()
-    try:
-        for w in workers:
-            w.join()
-    finally:
-        stop.set()  # after Ctrl-C: the workers stop at their next block
-    if errors:
-        raise errors[0]
-    return out
 
 
 def _as_f64(raw: np.ndarray, buf: np.ndarray) -> np.ndarray:
@@ -260,10 +216,19 @@ def _nonfinite_block(x: np.ndarray, y: np.ndarray, atol: float, rtol: float, equ
                        _cosine_sums(x[fin], y[fin]))
 
 
+DOT_ROW = 8192  # see _dot
+
+
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
-    """x . y by numpy's own loop: np.dot's BLAS splits it across threads, which on a busy machine
-    (a core taken by another process) made it 10x slower, measured."""
-    return float(np.einsum("i,i->", x, y))
+    """x . y for contiguous 1-D float64 arrays, as a sum of dot products of DOT_ROW elements each.
+
+    One BLAS ddot over a whole block is split across threads (OpenBLAS does so above 10,000
+    elements), which on a busy machine, with a core taken by another process, made it 10x slower
+    (measured); rows of DOT_ROW stay on this thread, and matmul loops over them in C.
+    """
+    k = x.size - x.size % DOT_ROW
+    rows = np.matmul(x[:k].reshape(-1, 1, DOT_ROW), y[:k].reshape(-1, DOT_ROW, 1)).sum() if k else 0.0
+    return float(rows) + float(np.dot(x[k:], y[k:]))
 
 
 def _cosine_sums(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:

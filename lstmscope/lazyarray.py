@@ -2,9 +2,9 @@
 
 ``safetensors_layout`` returns where each tensor's bytes are (without reading them), and a
 :class:`LazyArray` stands for one tensor: shape and dtype up front, data only when asked for, by
-positioned reads into a caller's (reusable) buffer. Neither uses a memory map: every page one
-long-lived map has touched stays in the process's resident set (measured: ~1.5x the file's size
-for a whole-file diff, against ~1.0x with positioned reads).
+positioned reads into a caller's (reusable) buffer. There is no memory map: every page that one
+long-lived map has touched counts in the process's resident set, so a diff through maps would end
+up holding both files, while with positioned reads it holds a few blocks.
 
 ``diff-states`` reads two tensors block by block (``read_flat``); ``show-state`` indexes a few rows
 of ``output`` (``out[rows, steps]``, ``out[:, 0]``), which reads just those rows.
