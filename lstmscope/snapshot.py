@@ -170,9 +170,15 @@ def _sniff(path: Path) -> str:
     check_source(path, "state (.safetensors or .npz)", StateError)
     with open(path, "rb") as f:
         head = f.read(9)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+    except (zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError, OSError, ValueError, EOFError) as e:
+        raise StateError(f"{path} is a damaged zip archive ({clean_message(e)}); expected a state file "
+                         "(.safetensors or .npz with h_n and c_n)") from None
+    if is_zip:
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         if names and all(n.endswith(".npy") for n in names):
@@ -203,17 +209,31 @@ def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> St
                                  f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}; this lstmscope reads {FORMAT_VERSION}")
             kind = "lstmscope snapshot v1"
     elif kind == "npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as e:
-            raise StateError(f"{path}: cannot read .npz ({clean_message(e)})") from None
+        arrays = _read_npz(path)
     else:
         if not allow_torch:
             raise StateError(f"{path} is a torch file; diff-states and show-state read safetensors/.npz only "
                              f"(torch-free). Convert it first: lstmscope import-state {path} -o state.safetensors --checkpoint CKPT")
         arrays = _read_torch_state(path)
     return _assemble(path, arrays, meta, kind)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member, each checked against its size before anything is allocated (never pickles)."""
+    from lstmscope.arrays import DiskArray, npz_member
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            out = {}
+            for info in z.infolist():
+                name = info.filename[:-4]
+                a = npz_member(path, z, info, f"{path.name}[{name}]", StateError)
+                out[name] = a.read() if isinstance(a, DiskArray) else a
+            return out
+    except StateError:
+        raise
+    except Exception as e:  # zipfile and numpy raise many kinds
+        raise StateError(f"{path}: cannot read .npz ({clean_message(e)})") from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | LazyArray], dict[str, str] | None]:
@@ -274,7 +294,13 @@ def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> Sta
     output = arrays.pop("output", None)
     lengths = arrays.pop("lengths", None)
     if lengths is not None:
-        lengths = np.asarray(lengths).astype(np.int64)
+        lengths = np.asarray(lengths)
+        whole = lengths.dtype.kind in "iu" or (lengths.dtype.kind == "f" and bool(np.all(np.isfinite(lengths)))
+                                              and bool(np.all(lengths == np.round(lengths))))
+        if lengths.ndim != 1 or not whole or (lengths.size and (lengths.min() < 1 or lengths.max() > 2**62)):
+            raise StateError(f"{path}: lengths must be a 1-D array of whole numbers >= 1, found {lengths.dtype} "
+                             f"{tuple(lengths.shape)}")
+        lengths = lengths.astype(np.int64)
     return StateFile(path, h, c, output, lengths, meta, kind, arrays)
 
 

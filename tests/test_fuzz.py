@@ -378,8 +378,6 @@ def write(workdir: Path, name: str, data: bytes) -> Path:
 # tolerates nothing.
 KNOWN_BUGS = {
     # (module file, function the exception escaped from): exception types
-    ("snapshot.py", "_sniff"): (zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError),
-    ("snapshot.py", "_assemble"): (ValueError, RuntimeWarning, np.exceptions.ComplexWarning),
 }
 
 
@@ -575,7 +573,7 @@ KNOWN_BUG_REPRODUCERS = {
 }
 
 
-_STILL_OPEN = {n for n in KNOWN_BUG_REPRODUCERS if n.startswith("state_")}
+_STILL_OPEN: set[str] = set()  # names of reproducers whose bug is not fixed yet (strict xfail)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="open: see KNOWN_BUGS"))
