@@ -94,11 +94,16 @@ def _native(a: np.ndarray) -> np.ndarray:
 
 def _read_exact(f: BinaryIO, offset: int, view: memoryview, path: Path, error: type[LstmscopeError]) -> None:
     f.seek(offset)
+    _fill(f, view, lambda got: error(f"{path} is truncated: expected {len(view)} bytes at offset {offset}, found {got}"))
+
+
+def _fill(f: BinaryIO, view: memoryview, short) -> None:
+    """Read exactly len(view) bytes into view; ``short(got)`` makes the error for a stream that ends early."""
     got = 0
     while got < len(view):
         n = f.readinto(view[got:])
         if not n:
-            raise error(f"{path} is truncated: expected {len(view)} bytes at offset {offset}, found {got}")
+            raise short(got)
         got += n
 
 
@@ -196,10 +201,5 @@ def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, error: type
                         f"but the member holds {info.file_size:,} bytes")
         buf = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
         view = memoryview(buf.reshape(-1)).cast("B")
-        got = 0
-        while got < len(view):
-            n = src.readinto(view[got:])
-            if not n:
-                raise error(f"{where} is truncated: expected {len(view)} bytes of data, found {got}")
-            got += n
+        _fill(src, view, lambda got: error(f"{where} is truncated: expected {len(view)} bytes of data, found {got}"))
     return _native(buf.T if fortran else buf)

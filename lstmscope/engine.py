@@ -103,14 +103,23 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores() -> int:
-    """Other processes running right now (Linux /proc/loadavg "running/total", less this process), 0 elsewhere."""
-    try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return max(0, running - 1)
+def busy_cores(samples: int = 4, gap: float = 0.002) -> int:
+    """Other processes running right now: the least of a few readings of /proc/loadavg's "running"
+    count, less this process (a momentary blip is not a busy core). 0 where there is no /proc."""
+    import time
+
+    least = None
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        least = running if least is None else min(least, running)
+        if least <= 1:
+            break
+        time.sleep(gap)
+    return max(0, least - 1)
 
 
 def default_threads(spec: LSTMSpec, batch: int) -> int:

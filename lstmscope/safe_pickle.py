@@ -58,6 +58,16 @@ __all__ = ["Inert", "PickleReport", "RefusedCall", "RestrictedUnpickler", "StubG
            "restricted_torch_load"]
 
 
+def python3_name(module: str, name: str, python2_names: bool) -> tuple[str, str]:
+    """(module, name), with Python 2 names mapped as pickle itself maps them (tables only, no import)."""
+    if python2_names:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+    return module, name
+
+
 @dataclass
 class PickleReport:
     """What a restricted read met: stubbed globals and refused calls, as ``module.name``, first seen first."""
@@ -193,11 +203,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if type(module) is not str or type(name) is not str:
             raise pickle.UnpicklingError("pickle names a global with a non-string module or name")
-        if self.proto < 3 and self.fix_imports:  # Python 2 names, as pickle itself maps them (tables only)
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
+        module, name = python3_name(module, name, self.proto < 3 and self.fix_imports)
         key = f"{module}.{name}"
         if key in _MARKERS:
             return _MARKERS[key]

@@ -29,7 +29,6 @@ is ever stubbed here; tests compare it with the installed torch's.
 
 from __future__ import annotations
 
-import _compat_pickle
 import io
 import os
 import pickle
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lstmscope.safe_pickle import (_MARKERS, Inert, PickleReport, RestrictedUnpickler, StubGlobal, _ascii,
-                                   _latin1_encode)
+                                   _latin1_encode, python3_name)
 
 __all__ = ["ListingUnpickler", "TensorRecord", "Unsupported", "list_torch_file"]
 
@@ -256,11 +255,7 @@ class ListingUnpickler(RestrictedUnpickler):
         # then the restricted reader's own lookup (RestrictedUnpickler.find_class), with torch-free answers
         if type(module) is not str or type(name) is not str:
             raise Unsupported("a global with a non-string module or name")
-        if self.proto < 3 and self.fix_imports:
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
+        module, name = python3_name(module, name, self.proto < 3 and self.fix_imports)
         key = f"{module}.{name}"
         if key in _MARKERS:
             return _MARKERS[key]
