@@ -129,8 +129,8 @@ OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Snapshot file to w
 NumDirsOpt = Annotated[Optional[int], typer.Option("--num-directions", help="For state files without lstmscope metadata: 2 splits h_n/c_n into forward/backward rows.", show_default=False)]
 
 
-ChunkOpt = Annotated[Optional[int], typer.Option("--chunk-size", help="Stream the input this many time steps at a time, carrying (h, c) across chunks (flat memory; same result). Default: automatic, chunks of about 16 MiB when the input is longer; 0 never chunks.", show_default=False)]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads. Default: 1 for small models (where more threads only add overhead), else every core (at most 8).", show_default=False, envvar="LSTMSCOPE_THREADS")]
+ChunkOpt = Annotated[Optional[int], typer.Option("--chunk-size", help="Stream the input this many time steps at a time, carrying (h, c) across chunks (flat memory; same result). Default: automatic, chunks of about 16 MiB once a whole run would pass 256 MiB; 0 never chunks.", show_default=False)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads. Default: 1 for small models (where more threads only add overhead), else the cores no other process is running on (at most 8).", show_default=False, envvar="LSTMSCOPE_THREADS")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Run on cpu, cuda or cuda:N. States are always reported from CPU copies.")]
 TmpDirOpt = Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed bidirectional run keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print no results and no progress; only the exit code (warnings still go to stderr).")]
