@@ -40,6 +40,21 @@ def _stdout():
     return Console(highlight=False)
 
 
+def _emit(document, render_name: str, *render_args, json_out: bool, quiet: bool = False) -> None:
+    """The one way results reach stdout: nothing (--quiet), one JSON document (``document()``), or the
+    Rich renderer ``lstmscope.render.<render_name>`` (imported only then)."""
+    if quiet:
+        return
+    if json_out:
+        from lstmscope.jsonout import dumps
+
+        sys.stdout.write(dumps(document()) + "\n")
+        return
+    from lstmscope import render
+
+    getattr(render, render_name)(_stdout(), *render_args)
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print one ``Error: ...`` line on stderr and return the Exit to raise."""
     sys.stderr.write(f"Error: {message}\n")
@@ -190,16 +205,9 @@ def run(
             device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
         ), progress=progress)
     _notes(outcome)
-    if quiet:
-        pass
-    elif json_out:
-        from lstmscope.jsonout import dumps, run_document
+    from lstmscope.jsonout import run_document
 
-        sys.stdout.write(dumps(run_document(outcome)) + "\n")
-    else:
-        from lstmscope.render import render_run
-
-        render_run(_stdout(), outcome)
+    _emit(lambda: run_document(outcome), "render_run", outcome, json_out=json_out, quiet=quiet)
     if not outcome.view.all_ok:
         raise typer.Exit(1)
 
@@ -241,16 +249,10 @@ def export_state(
         ), output, include_output=include_output, force=force, progress=progress)
     _notes(outcome)
     size = path.stat().st_size
-    if quiet:
-        pass
-    elif json_out:
-        from lstmscope.jsonout import dumps, export_document
+    from lstmscope.jsonout import export_document
 
-        sys.stdout.write(dumps(export_document(outcome, path, meta, file_sha256(path), size)) + "\n")
-    else:
-        from lstmscope.render import render_export
-
-        render_export(_stdout(), outcome, path, meta, size)
+    _emit(lambda: export_document(outcome, path, meta, file_sha256(path), size), "render_export",
+          outcome, path, meta, size, json_out=json_out, quiet=quiet)
     if not outcome.view.all_ok:
         raise typer.Exit(1)
 
@@ -317,16 +319,9 @@ def diff_states(
     sa = read_state_file(a)
     sb = read_state_file(b)
     res = do_diff(sa, sb, atol=atol, rtol=rtol, equal_nan=equal_nan, num_directions=num_directions)
-    if quiet:
-        pass
-    elif json_out:
-        from lstmscope.jsonout import diff_document, dumps
+    from lstmscope.jsonout import diff_document
 
-        sys.stdout.write(dumps(diff_document(res)) + "\n")
-    else:
-        from lstmscope.render import render_diff
-
-        render_diff(_stdout(), res)
+    _emit(lambda: diff_document(res), "render_diff", res, json_out=json_out, quiet=quiet)
     if not res.equal:
         raise typer.Exit(1)
 
@@ -345,13 +340,8 @@ def show_state(
 
     state = read_state_file(snapshot)
     view = state_view(state, num_directions=num_directions, batch_index=batch_index, units=units)
-    if json_out:
-        from lstmscope.jsonout import dumps, state_document
+    from lstmscope.jsonout import state_document
 
-        sys.stdout.write(dumps(state_document(state, view)) + "\n")
-    else:
-        from lstmscope.render import render_state
-
-        render_state(_stdout(), state, view)
+    _emit(lambda: state_document(state, view), "render_state", state, view, json_out=json_out)
     if not view.all_ok:
         raise typer.Exit(1)
