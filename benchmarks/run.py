@@ -318,7 +318,7 @@ def fig_run_vs_bare(ctx: Ctx) -> list[Row]:
         if streamed:  # and the same run without automatic chunking
             variants["whole"] = lambda: measure([*run_cmd, "--chunk-size", "0"]).wall
     got = interleave(variants, ctx.rounds(5), ctx.warmup)
-    from lstmscope.engine import default_threads
+    from lstmscope.engine.fused import default_threads
 
     threads = default_threads(spec_of(cfg), cfg.batch)
     fwd = ", ".join(f"{k} {v['forward_s']:.3g} s at {v['threads']} thread(s)" for k, v in info.items())
@@ -355,7 +355,7 @@ def _big_in_process(ctx: Ctx):
 
 def fig_all_layers(ctx: Ctx) -> list[Row]:
     import torch
-    from lstmscope.engine import default_threads, run_lstm
+    from lstmscope.engine.fused import default_threads, run_lstm
 
     cfg, steps, _, params, x = _big_in_process(ctx)
     spec = spec_of(cfg)
@@ -376,7 +376,7 @@ def fig_all_layers(ctx: Ctx) -> list[Row]:
 
 def fig_gflops(ctx: Ctx) -> list[Row]:
     import torch
-    from lstmscope.engine import default_threads
+    from lstmscope.engine.fused import default_threads
 
     cfg, steps, lstm, _, x_np = _big_in_process(ctx)
     x = torch.from_numpy(x_np)
@@ -413,7 +413,7 @@ def fig_gflops(ctx: Ctx) -> list[Row]:
 def fig_threads(ctx: Ctx) -> list[Row]:
     import numpy as np
     import torch
-    from lstmscope.engine import default_threads, run_lstm
+    from lstmscope.engine.fused import default_threads, run_lstm
 
     cores = usable_cores()
     if cores < 2:
@@ -483,7 +483,7 @@ def fig_rss(ctx: Ctx) -> list[Row]:
 
 
 def fig_throughput(ctx: Ctx) -> list[Row]:
-    from lstmscope.engine import default_threads
+    from lstmscope.engine.fused import default_threads
 
     steps = 30_000 if ctx.quick else 1_000_000
     d, ckpt, x, _ = _small_stream_files(ctx, "throughput", steps, 10)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lstmscope.checkpoint import Checkpoint, read_checkpoint
+from lstmscope.readers.torch import Checkpoint, read_checkpoint
 from lstmscope.errors import UsageError
 from lstmscope.report import LayerEnds, StateView, build_view
 from lstmscope.sequences import Sequences, load_sequences
@@ -162,7 +162,7 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
             if sink is not None:
                 sink(0, r.output)
     else:
-        from lstmscope.streaming import stream_lstm
+        from lstmscope.engine.streaming import stream_lstm
 
         counted = [0, 0]  # steps counted so far, non-finite values in them (the first pass, in order, only)
 

@@ -239,7 +239,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | LazyArray], dict[str, str] | None]:
     """Tensors as LazyArrays (nothing is read yet), after the header has been checked against the file.
     A file with a dtype numpy lacks (BF16, F8) goes through the safetensors library, which refuses it."""
-    from lstmscope.checkpoint import read_safetensors_header  # validates offsets before reading
+    from lstmscope.readers.torch import read_safetensors_header  # validates offsets before reading
 
     try:
         read_safetensors_header(path)
@@ -261,7 +261,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | LazyArray], di
 def _read_torch_state(path: Path) -> dict[str, np.ndarray]:
     import torch
 
-    from lstmscope.checkpoint import torch_load
+    from lstmscope.readers.torch import torch_load
     from lstmscope.errors import CheckpointError
 
     try:

@@ -42,17 +42,83 @@ class TensorInfo:
     dtype: str  # numpy-style name: "float32", "float16", "bfloat16", "int64", ...
 
 
+# Activation functions a cell may use, by canonical name, with the parameters each takes. Names follow
+# Keras (snake_case) and cover ONNX's list; `alpha`/`beta` are ONNX's activation_alpha/activation_beta.
+#   sigmoid 1/(1+e^-x); tanh; relu; linear x; hard_sigmoid clip(alpha*x + beta, 0, 1);
+#   elu x>0 ? x : alpha*(e^x-1); selu; softsign x/(1+|x|); softplus log(1+e^x); exponential e^x;
+#   swish x*sigmoid(x); gelu (exact, erf); relu6 clip(x, 0, 6); leaky_relu x>=0 ? x : alpha*x;
+#   thresholded_relu x>alpha ? x : 0; scaled_tanh alpha*tanh(beta*x); affine alpha*x + beta
+ACTIVATION_PARAMS: dict[str, tuple[str, ...]] = {
+    "sigmoid": (), "tanh": (), "relu": (), "linear": (), "hard_sigmoid": ("alpha", "beta"), "elu": ("alpha",),
+    "selu": (), "softsign": (), "softplus": (), "exponential": (), "swish": (), "gelu": (), "relu6": (),
+    "leaky_relu": ("alpha",), "thresholded_relu": ("alpha",), "scaled_tanh": ("alpha", "beta"),
+    "affine": ("alpha", "beta"),
+}
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation function of a cell: a canonical name and its parameters (None where it takes none)."""
+
+    name: str  # a key of ACTIVATION_PARAMS
+    alpha: float | None = None  # slope (hard_sigmoid, leaky_relu, affine), scale (elu, scaled_tanh), threshold
+    beta: float | None = None  # offset (hard_sigmoid, affine), inner scale (scaled_tanh)
+
+    def __str__(self) -> str:
+        args = [f"{k}={_num(getattr(self, k))}" for k in ACTIVATION_PARAMS.get(self.name, ())]
+        return f"{self.name}({', '.join(args)})" if args else self.name
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "alpha": self.alpha, "beta": self.beta}
+
+    @classmethod
+    def from_dict(cls, d: "Mapping | str") -> "Activation":
+        if isinstance(d, str):
+            return cls(d)
+        return cls(str(d["name"]), _opt_float(d.get("alpha")), _opt_float(d.get("beta")))
+
+
+SIGMOID = Activation("sigmoid")
+TANH = Activation("tanh")
+KERAS2_HARD_SIGMOID = Activation("hard_sigmoid", 0.2, 0.5)  # Keras 1, Keras 2, tf.keras: clip(0.2x + 0.5, 0, 1)
+KERAS3_HARD_SIGMOID = Activation("hard_sigmoid", 1 / 6, 0.5)  # Keras 3: relu6(x + 3) / 6 = clip(x/6 + 0.5, 0, 1)
+
+
+def _num(v: float | None) -> str:
+    return "?" if v is None else f"{v:.6g}"
+
+
+def _opt_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
+BIAS_LAYOUTS = ("ih+hh", "single")  # PyTorch/ONNX: b_ih + b_hh; Keras: one bias (b_hh handed over as zeros)
+FRAMEWORKS = ("pytorch", "keras")  # whose terms the relation between state and output is shown in
+
+
 @dataclass(frozen=True)
 class LSTMSpec:
-    """The configuration of one ``nn.LSTM``, inferred from its weights alone."""
+    """One LSTM (a stack of identical layers): its shapes and its cell.
+
+    The defaults describe ``nn.LSTM``: sigmoid gates, tanh cell, both directions in PyTorch's order.
+    Everything downstream (engines, snapshot metadata, JSON, tables, ``fit_state``) takes this and
+    never re-derives it; :meth:`to_dict` is the one place the configuration is written out.
+    """
 
     input_size: int  # features per time step: weight_ih_l0.shape[1]
     hidden_size: int  # cell width H: weight_ih_l0.shape[0] // 4 (never weight_hh's width)
     proj_size: int  # projected hidden width P (0 = no projection): weight_hr_l0.shape[0]
     num_layers: int  # stacked layers L
     bidirectional: bool  # True when *_reverse tensors exist
-    bias: bool  # True when bias_ih/bias_hh exist
+    bias: bool  # True when the cell has biases
     dtype: str  # parameter dtype name, e.g. "float32"
+    gate_activation: Activation = SIGMOID  # i, f, o (Keras: recurrent_activation)
+    cell_activation: Activation = TANH  # the candidate g and h = o * act(c) (Keras: activation)
+    go_backwards: bool = False  # unidirectional only: reads the input last step first and returns its output
+    #                             in that processing order (Keras go_backwards)
+    bias_layout: str = "ih+hh"  # see BIAS_LAYOUTS
+    framework: str = "pytorch"  # see FRAMEWORKS
+    names: tuple[str, ...] = ()  # PyTorch: () (the module's key prefix names it); Keras: each layer's name
 
     @property
     def num_directions(self) -> int:
@@ -63,11 +129,49 @@ class LSTMSpec:
         """Width of h (and of each direction's slice of ``output``): P if projected, else H."""
         return self.proj_size or self.hidden_size
 
+    @property
+    def standard_cell(self) -> bool:
+        """True when ``nn.LSTM`` computes this cell exactly (sigmoid gates, tanh cell); other cells run on
+        the stepwise engine."""
+        return self.gate_activation == SIGMOID and self.cell_activation == TANH
+
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.output_size * self.num_directions
 
+    def describe_cell(self) -> str:
+        """"sigmoid gates, tanh cell" and the like, for headers and tables."""
+        return f"{self.gate_activation} gates, {self.cell_activation} cell"
+
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready (the one place the configuration is written out)."""
+        return {
+            "input_size": self.input_size, "hidden_size": self.hidden_size, "proj_size": self.proj_size,
+            "num_layers": self.num_layers, "bidirectional": self.bidirectional,
+            "num_directions": self.num_directions, "bias": self.bias, "dtype": self.dtype,
+            "gate_activation": self.gate_activation.to_dict(), "cell_activation": self.cell_activation.to_dict(),
+            "go_backwards": self.go_backwards, "bias_layout": self.bias_layout, "framework": self.framework,
+            "names": list(self.names),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "LSTMSpec":
+        """The inverse of :meth:`to_dict`; fields added later take their defaults (``num_directions``
+        stands in for ``bidirectional`` in v1 snapshot metadata)."""
+        bidirectional = d["bidirectional"] if "bidirectional" in d else d.get("num_directions") == 2
+        return cls(
+            input_size=int(d["input_size"]), hidden_size=int(d["hidden_size"]), proj_size=int(d.get("proj_size", 0)),
+            num_layers=int(d["num_layers"]), bidirectional=bool(bidirectional), bias=bool(d.get("bias", True)),
+            dtype=str(d.get("dtype", "float32")),
+            gate_activation=Activation.from_dict(d.get("gate_activation", "sigmoid")),
+            cell_activation=Activation.from_dict(d.get("cell_activation", "tanh")),
+            go_backwards=bool(d.get("go_backwards", False)), bias_layout=str(d.get("bias_layout", "ih+hh")),
+            framework=str(d.get("framework", "pytorch")), names=tuple(str(n) for n in d.get("names", ())),
+        )
+
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter ``nn.LSTM`` would hold, with its shape, keyed as in its state_dict."""
+        """Every parameter ``nn.LSTM`` would hold, with its shape, keyed as in its state_dict.
+
+        This is also the canonical layout every reader hands parameters over in (gate order i, f, g, o)."""
         h, p = self.hidden_size, self.proj_size
         out: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
@@ -83,8 +187,11 @@ class LSTMSpec:
         return out
 
     def parameter_count(self) -> int:
+        """Parameters the model really holds (a Keras single bias counts once)."""
         total = 0
-        for shape in self.expected_shapes().values():
+        for name, shape in self.expected_shapes().items():
+            if name.startswith("bias_hh") and self.bias_layout == "single":
+                continue
             n = 1
             for d in shape:
                 n *= d

@@ -337,7 +337,7 @@ def test_damaged_safetensors_state(invoke, tmp_path, good_x, damage, command):
 
 def test_huge_header_length_is_refused_without_reading(tmp_path, monkeypatch):
     """2**62 header bytes are refused from the 8-byte prefix: nothing past it is read."""
-    from lstmscope.checkpoint import read_safetensors_header
+    from lstmscope.readers.torch import read_safetensors_header
     from lstmscope.errors import CheckpointError
 
     path = tmp_path / "huge.safetensors"
@@ -512,7 +512,7 @@ def test_safetensors_header_claiming_more_than_the_file_is_refused_before_alloca
     header = {"weight_ih_l0": {"dtype": "F32", "shape": [10**6, 10**6, 4], "data_offsets": [0, n]}}
     path = tmp_path / "liar.safetensors"
     path.write_bytes(_st(header, bytes(100)))
-    for module, func in (("checkpoint", "read_checkpoint"), ("snapshot", "read_state_file")):
+    for module, func in (("readers", "read_checkpoint"), ("snapshot", "read_state_file")):
         rc, out, seconds = _run_capped(module, func, path)
         assert rc == 0 and "LSTMSCOPE_ERROR" in out, out
         assert path.name in out and seconds < 30

@@ -6,7 +6,7 @@ inserted and deleted bytes, rewritten header fields, mutated pickle opcodes) and
 loaders in-process:
 
     lstmscope.sequences.load_sequences   (then reads the data, as a run would)
-    lstmscope.checkpoint.read_checkpoint (then Checkpoint.module_parameters on every module)
+    lstmscope.readers.torch.read_checkpoint (then Checkpoint.module_parameters on every module)
     lstmscope.snapshot.read_state_file
 
 The only acceptable outcomes are a correct load or an ``LstmscopeError`` with exit code 2 that
@@ -40,7 +40,7 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from torch import nn
 
-from lstmscope.checkpoint import read_checkpoint
+from lstmscope.readers.torch import read_checkpoint
 from lstmscope.errors import EXIT_BAD_INPUT, LstmscopeError
 from lstmscope.sequences import load_sequences
 from lstmscope.snapshot import read_state_file

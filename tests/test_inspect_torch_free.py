@@ -1,4 +1,4 @@
-"""inspect lists torch files without importing torch (lstmscope.torch_listing).
+"""inspect lists torch files without importing torch (lstmscope.readers.torch_listing).
 
 Truth is independent of lstmscope: the tensors a test saved (shapes and dtypes of the real torch
 tensors), ``torch.load(weights_only=True)`` run here, a model's own ``state_dict()`` in the process
@@ -29,11 +29,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import lstmscope.checkpoint as checkpoint
+import lstmscope.readers.torch as checkpoint
 from conftest import SAMPLES, real_checkpoints_dir, real_manifest
 from helpers import assert_one_error_line
-from lstmscope.checkpoint import read_checkpoint
-from lstmscope.torch_listing import Unsupported, list_torch_file
+from lstmscope.readers.torch import read_checkpoint
+from lstmscope.readers.torch_listing import Unsupported, list_torch_file
 
 TORCH_ENV = checkpoint.LIST_WITH_TORCH_ENV
 
@@ -475,8 +475,8 @@ def test_legacy_protocol_0_and_1_are_torch_files(invoke, tmp_path):
 def test_no_global_torch_allows_is_ever_stubbed():
     from torch import _weights_only_unpickler
 
-    from lstmscope.safe_pickle import PickleReport
-    from lstmscope.torch_listing import ListingUnpickler, _ZipStorages
+    from lstmscope.readers.safe_pickle import PickleReport
+    from lstmscope.readers.torch_listing import ListingUnpickler, _ZipStorages
 
     reader = ListingUnpickler(io.BytesIO(b""), report=PickleReport(), storages=_ZipStorages({}, "a/"))
     reader.proto = 4
@@ -491,7 +491,7 @@ def test_no_global_torch_allows_is_ever_stubbed():
 
 
 def test_dtype_tables_are_torchs():
-    from lstmscope.torch_listing import _QUANTIZED_STORAGES, DTYPE_NAMES, ITEMSIZE, STORAGE_DTYPES
+    from lstmscope.readers.torch_listing import _QUANTIZED_STORAGES, DTYPE_NAMES, ITEMSIZE, STORAGE_DTYPES
 
     for name, size in ITEMSIZE.items():
         if hasattr(torch, name):

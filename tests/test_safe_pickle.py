@@ -271,7 +271,7 @@ def test_full_module_pickle_from_main(invoke, tmp_path, full_modules, case):
 # --- the restricted reader itself ----------------------------------------------------------------
 
 def _restricted_load(data: bytes):
-    from lstmscope.safe_pickle import PickleReport, RestrictedUnpickler
+    from lstmscope.readers.safe_pickle import PickleReport, RestrictedUnpickler
 
     report = PickleReport()
     return RestrictedUnpickler(io.BytesIO(data), report=report).load(), report
@@ -288,7 +288,7 @@ _P4_BODY = b"\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c\x0ctouch MARKER\x94\x8
     pytest.param(b"\x80\x04\x95" + struct.pack("<Q", len(_P4_BODY)) + _P4_BODY, id="protocol4-FRAME-STACK_GLOBAL"),
 ])
 def test_hand_made_opcodes_are_refused(tmp_path, monkeypatch, data):
-    from lstmscope.safe_pickle import RefusedCall
+    from lstmscope.readers.safe_pickle import RefusedCall
 
     monkeypatch.chdir(tmp_path)
     assert pickle.loads(data.replace(b"touch MARKER", b"touch LIVE!!")) == 0 and (tmp_path / "LIVE!!").exists()
@@ -299,7 +299,7 @@ def test_hand_made_opcodes_are_refused(tmp_path, monkeypatch, data):
 
 
 def test_extension_codes_resolve_only_through_the_allowlist(tmp_path):
-    from lstmscope.safe_pickle import RefusedCall
+    from lstmscope.readers.safe_pickle import RefusedCall
 
     marker = tmp_path / "MARKER"
     code = 0xF1
@@ -328,7 +328,7 @@ class LoudState:
 
 @pytest.mark.parametrize("protocol", [0, 1, 2, 4])
 def test_build_stores_state_and_never_calls_setstate(tmp_path, protocol):
-    from lstmscope.safe_pickle import StubObject
+    from lstmscope.readers.safe_pickle import StubObject
 
     marker = tmp_path / "MARKER"
     data = pickle.dumps(LoudState(marker), protocol=protocol)
@@ -348,7 +348,7 @@ class KeywordNew(LoudState):
 
 
 def test_newobj_ex_makes_a_stub(tmp_path):
-    from lstmscope.safe_pickle import StubObject
+    from lstmscope.readers.safe_pickle import StubObject
 
     marker = tmp_path / "MARKER"
     data = pickle.dumps(KeywordNew(marker), protocol=4)

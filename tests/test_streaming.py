@@ -202,7 +202,7 @@ def test_automatic_chunking_for_long_inputs(tmp_path, monkeypatch):
 @pytest.mark.parametrize("fail_at", ["layer-write", "output-write"])
 def test_failure_mid_stream_leaves_no_temporary_or_partial_file(invoke, files, tmp_path, monkeypatch, fail_at):
     import lstmscope.snapshot as snapshot
-    import lstmscope.streaming as streaming
+    import lstmscope.engine.streaming as streaming
 
     root, x, models = files
     calls = []
@@ -240,7 +240,7 @@ def test_failure_mid_stream_leaves_no_temporary_or_partial_file(invoke, files, t
 
 
 def test_bidirectional_stream_keeps_its_layer_files_in_tmp_dir_until_done(files, tmp_path, monkeypatch):
-    import lstmscope.streaming as streaming
+    import lstmscope.engine.streaming as streaming
     from lstmscope.runner import RunOptions, execute_run
 
     root, _, models = files
@@ -298,7 +298,7 @@ def test_progress_goes_to_the_terminal_on_stderr_never_to_stdout(files):
 
 
 def test_meta_device_loading_equals_plain_load_state_dict(files):
-    from lstmscope.engine import build_lstm
+    from lstmscope.engine.fused import build_lstm
     from lstmscope.spec import LSTMSpec
 
     root, x, models = files
@@ -326,7 +326,7 @@ def test_threads_do_not_change_results_and_are_validated(invoke, files):
 
 
 def test_default_threads_rule(monkeypatch):
-    from lstmscope.engine import default_threads
+    from lstmscope.engine.fused import default_threads
     from lstmscope.spec import LSTMSpec
 
     small = LSTMSpec(32, 64, 0, 1, False, True, "float32")
@@ -334,7 +334,7 @@ def test_default_threads_rule(monkeypatch):
     assert default_threads(small, 1) == 1
     cores = len(os.sched_getaffinity(0))
     for busy, want in ((0, min(cores, 8)), (cores - 1, 1), (cores + 5, 1)):
-        monkeypatch.setattr("lstmscope.engine.busy_cores", lambda busy=busy: busy)
+        monkeypatch.setattr("lstmscope.engine.fused.busy_cores", lambda busy=busy: busy)
         assert default_threads(big, 32) == max(1, want)
 
 

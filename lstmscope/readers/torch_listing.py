@@ -2,7 +2,7 @@
 
 ``import torch`` costs about 1.5 s, and ``inspect`` needs no tensor values. This module reads the
 pickle of a torch file (``*/data.pkl`` in a zip file; the pickles of the legacy format) with
-:class:`ListingUnpickler`, the restricted reader of :mod:`lstmscope.safe_pickle` with torch's own
+:class:`ListingUnpickler`, the restricted reader of :mod:`lstmscope.readers.safe_pickle` with torch's own
 globals answered by torch-free records instead of torch:
 
 * the tensor rebuild functions (``torch._utils._rebuild_tensor_v2``, ``_rebuild_tensor``,
@@ -15,9 +15,9 @@ globals answered by torch-free records instead of torch:
   legacy format's storages are checked by their 8-byte length headers, skipping their data;
 * ``torch.Size`` and ``torch.device`` give a tuple and a small record.
 
-Every other global is handled exactly as by :class:`~lstmscope.safe_pickle.RestrictedUnpickler`:
+Every other global is handled exactly as by :class:`~lstmscope.readers.safe_pickle.RestrictedUnpickler`:
 plain containers are built, anything else is an inert stub, never imported and never called, and
-is recorded in the same :class:`~lstmscope.safe_pickle.PickleReport`.
+is recorded in the same :class:`~lstmscope.readers.safe_pickle.PickleReport`.
 
 The reader aims to give exactly what torch would give, or nothing: anything it does not model
 (another torch global, a tensor subclass, quantized or sparse tensors, a TorchScript archive, a
@@ -39,7 +39,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
-from lstmscope.safe_pickle import (_MARKERS, Inert, PickleReport, RestrictedUnpickler, StubGlobal, _ascii,
+from lstmscope.readers.safe_pickle import (_MARKERS, Inert, PickleReport, RestrictedUnpickler, StubGlobal, _ascii,
                                    _latin1_encode, python3_name)
 
 __all__ = ["ListingUnpickler", "TensorRecord", "Unsupported", "list_torch_file"]
@@ -237,7 +237,7 @@ def _empty(value: Any) -> bool:
 # --- the unpickler ----------------------------------------------------------------------------------
 
 class ListingUnpickler(RestrictedUnpickler):
-    """:class:`~lstmscope.safe_pickle.RestrictedUnpickler` with torch's globals answered torch-free."""
+    """:class:`~lstmscope.readers.safe_pickle.RestrictedUnpickler` with torch's globals answered torch-free."""
 
     def __init__(self, file, *, report: PickleReport, storages: "_Storages"):
         super().__init__(file, report=report, encoding="utf-8")  # torch.load's default encoding

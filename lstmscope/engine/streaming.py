@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lstmscope.engine import DTYPES, build_lstm, layer_params, quiet_onednn, to_numpy
+from lstmscope.engine.fused import DTYPES, build_lstm, layer_params, quiet_onednn, to_numpy
 from lstmscope.report import LayerEnds
 from lstmscope.spec import LSTMSpec
 

@@ -1,10 +1,10 @@
 """Read checkpoint files of every supported format and find the LSTMs in them.
 
 The format is sniffed from the file's bytes, not its name. safetensors headers are parsed here
-without torch, and torch files are listed without torch by lstmscope.torch_listing (which hands
+without torch, and torch files are listed without torch by lstmscope.readers.torch_listing (which hands
 anything it does not model back to torch), so ``inspect`` imports torch only for such files; ``run``
 imports it when it needs tensor values. Torch files are read with ``weights_only=True``; when that refuses
-a file (a full-module pickle, pickle protocol 4 or 5), lstmscope.safe_pickle reads it again
+a file (a full-module pickle, pickle protocol 4 or 5), lstmscope.readers.safe_pickle reads it again
 without running code from it: other classes become inert stubs and calls are refused.
 """
 
@@ -50,7 +50,7 @@ class Checkpoint:
     modules: list[LSTMModule]
     _load: Callable[[list[str]], dict[str, Any]] = field(repr=False)
     other_recurrent: list[str] = field(default_factory=list)  # GRU/RNN prefixes, skipped
-    # torch files weights-only loading refused, read by lstmscope.safe_pickle ("module.name", first seen first):
+    # torch files weights-only loading refused, read by lstmscope.readers.safe_pickle ("module.name", first seen first):
     stubbed_globals: list[str] = field(default_factory=list)  # classes kept as inert stubs, never imported
     refused_calls: list[str] = field(default_factory=list)  # callables the file asked to call; never called
 
@@ -257,12 +257,12 @@ LIST_WITH_TORCH_ENV = "LSTMSCOPE_LIST_WITH_TORCH"
 
 
 def _list_torch_free(path: Path, fmt: str) -> tuple[dict[str, TensorInfo], Any] | None:
-    """Tensor infos and the safe_pickle report of a torch file, read by lstmscope.torch_listing without
+    """Tensor infos and the safe_pickle report of a torch file, read by lstmscope.readers.torch_listing without
     torch; None when that reader cannot vouch for giving what torch would (torch then reads the file,
     and gives its own errors)."""
     if os.environ.get(LIST_WITH_TORCH_ENV) == "1":
         return None
-    from lstmscope.torch_listing import TensorRecord, list_torch_file
+    from lstmscope.readers.torch_listing import TensorRecord, list_torch_file
 
     try:
         obj, report = list_torch_file(path, legacy=fmt == FORMAT_TORCH_LEGACY)
@@ -320,8 +320,8 @@ def load_torch_file(path: Path, fmt: str | None = None) -> tuple[Any, Any]:
     ``torch.load(weights_only=True)`` always goes first; the report is then None. Only when it
     refuses the file (a global outside its allowlist, as in ``torch.save(model)``, or an opcode it
     lacks, as in pickle protocols 4 and 5: an UnpicklingError) is the file read again by
-    :func:`lstmscope.safe_pickle.restricted_torch_load`, which never imports or calls what the file
-    names; its :class:`~lstmscope.safe_pickle.PickleReport` says what it stubbed and refused.
+    :func:`lstmscope.readers.safe_pickle.restricted_torch_load`, which never imports or calls what the file
+    names; its :class:`~lstmscope.readers.safe_pickle.PickleReport` says what it stubbed and refused.
     Zip files are memory-mapped either way, so untouched tensors are never read.
     """
     import pickle
@@ -338,7 +338,7 @@ def load_torch_file(path: Path, fmt: str | None = None) -> tuple[Any, Any]:
         pass  # weights-only refused it: read it again below, without running code
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({clean_message(e)})") from None
-    from lstmscope.safe_pickle import restricted_torch_load
+    from lstmscope.readers.safe_pickle import restricted_torch_load
 
     try:
         return restricted_torch_load(path, mmap=mmap)
@@ -359,13 +359,13 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any], tensor_type: type, dept
              budget: list[int] | None = None) -> None:
     """Tensors in nested containers -> ``out["a.b.c"]``.
 
-    Inert objects from lstmscope.safe_pickle are containers too. A stubbed ``nn.Module`` (its state
+    Inert objects from lstmscope.readers.safe_pickle are containers too. A stubbed ``nn.Module`` (its state
     has ``_parameters``/``_buffers``/``_modules``) is named as ``state_dict()`` names it: parameters
     and persistent buffers at its prefix, children at prefix + name + "."; other attributes are
     skipped. Any other stub gives its attributes, items and elements; a refused call's arguments
     are never looked at.
     """
-    from lstmscope.safe_pickle import Inert
+    from lstmscope.readers.safe_pickle import Inert
 
     if depth > 64:
         return
