@@ -114,7 +114,7 @@ ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="Key pr
 @guarded
 def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     """List the LSTM modules in a checkpoint with their inferred configuration."""
-    from lstmscope.readers.torch import read_checkpoint
+    from lstmscope.readers import read_checkpoint
     from lstmscope.jsonout import dumps, inspect_document
 
     ck = read_checkpoint(checkpoint)
@@ -268,7 +268,7 @@ def import_state(
     json_out: JsonOpt = False,
 ) -> None:
     """Convert a foreign state file into an lstmscope v1 snapshot with full metadata."""
-    from lstmscope.readers.torch import read_checkpoint
+    from lstmscope.readers import read_checkpoint
     from lstmscope.fileio import check_target, file_sha256, refuse_overwriting_sources
     from lstmscope.snapshot import fit_state, read_state_file, snapshot_metadata, write_snapshot
 

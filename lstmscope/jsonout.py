@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from lstmscope.report import SliceStats, StateView
-from lstmscope.spec import LSTMModule, LSTMSpec
+from lstmscope.readers.base import LSTMModule
+from lstmscope.spec import LSTMSpec
 
 RUN_SCHEMA = "lstmscope.run/1"
 INSPECT_SCHEMA = "lstmscope.inspect/1"

@@ -1,7 +1,7 @@
 """Tensors of a safetensors file, read on demand. numpy only.
 
-``safetensors_layout`` returns where each tensor's bytes are (without reading them), and a
-:class:`LazyArray` stands for one tensor: shape and dtype up front, data only when asked for, by
+``lstmscope.readers.safetensors.read_header`` says where each tensor's bytes are (without reading
+them), and a :class:`LazyArray` stands for one tensor: shape and dtype up front, data only when asked for, by
 positioned reads into a caller's (reusable) buffer. There is no memory map: every page that one
 long-lived map has touched counts in the process's resident set, so a diff through maps would end
 up holding both files, while with positioned reads it holds a few blocks.
@@ -21,62 +21,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from lstmscope.errors import StateError
-
-# safetensors dtype -> numpy dtype (safetensors is little-endian). Others (BF16, F8_*, C64) are not read lazily.
-LAZY_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
-}
-
-
-def safetensors_layout(path: Path) -> tuple[dict[str, str] | None, dict[str, tuple[str, tuple[int, ...], int, int]]]:
-    """(metadata, name -> (safetensors dtype, shape, first byte, end byte)) with absolute file offsets.
-
-    Checks what the safetensors library checks before it hands out tensors: the spans tile the data
-    section exactly (no gap, no overlap, nothing after the last), and a known dtype's span is exactly
-    ``prod(shape) * itemsize`` bytes. Call ``checkpoint.read_safetensors_header`` first for the
-    friendlier messages about lengths and JSON; this repeats the checks it relies on.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else size
-        if n > size - 8:
-            raise StateError(f"{path}: safetensors header claims {n} bytes but the file holds {max(size - 8, 0)}; "
-                             "the file is truncated or corrupt")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise StateError(f"{path}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise StateError(f"{path}: safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None)
-    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
-        raise StateError(f"{path}: safetensors __metadata__ is malformed (must map names to strings)")
-    data_start, body = 8 + n, size - 8 - n
-    out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-    for key, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            if not (isinstance(dtype, str) and all(type(v) is int and v >= 0 for v in (*shape, begin, end))):
-                raise TypeError
-        except (KeyError, TypeError, ValueError):
-            raise StateError(f"{path}: safetensors entry {key!r} is malformed (needs dtype, shape, data_offsets)") from None
-        want = int(np.prod(shape, dtype=object)) * np.dtype(LAZY_DTYPES[dtype]).itemsize if dtype in LAZY_DTYPES else None
-        if not begin <= end <= body or (want is not None and end - begin != want):
-            raise StateError(f"{path}: safetensors tensor {key!r} claims bytes {begin}..{end} for {dtype} {list(shape)}, "
-                             f"but the data section holds {body} bytes; the file is truncated or corrupt")
-        out[key] = (dtype, shape, data_start + begin, data_start + end)
-    at = data_start
-    for key, (_, _, begin, end) in sorted(out.items(), key=lambda kv: (kv[1][2], kv[1][3])):
-        if begin != at:
-            raise StateError(f"{path}: safetensors tensor {key!r} starts at byte {begin - data_start}, expected "
-                             f"{at - data_start} (tensors must tile the data section); the file is corrupt")
-        at = end
-    if at != size:
-        raise StateError(f"{path}: {size - at} bytes after the last tensor that no tensor claims; the file is corrupt")
-    return meta, out
-
 
 class LazyArray:
     """A C-ordered array at byte ``offset`` of ``path``, read only when indexed or converted.

@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from lstmscope.report import StateView
-from lstmscope.spec import LSTMModule, LSTMSpec
+from lstmscope.readers.base import LSTMModule
+from lstmscope.spec import LSTMSpec
 
 OK_STYLE = "bold green"
 BAD_STYLE = "bold red"

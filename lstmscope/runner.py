@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lstmscope.readers.torch import Checkpoint, read_checkpoint
+from lstmscope.readers import Checkpoint, LSTMModule, read_checkpoint
 from lstmscope.errors import UsageError
 from lstmscope.report import LayerEnds, StateView, build_view
 from lstmscope.sequences import Sequences, load_sequences
-from lstmscope.spec import LSTMModule, LSTMSpec
+from lstmscope.spec import LSTMSpec
 
 RUN_DTYPES = ("float16", "bfloat16", "float32", "float64")
 AUTO_STREAM_BYTES = 256 << 20  # stream automatically when input + gates + output of the whole run pass this
@@ -149,7 +149,7 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
     threads = opts.threads if opts.threads is not None else engine.default_threads(spec, seqs.batch)
     engine.configure_threads(threads)
     run_dtype = opts.dtype or spec.dtype
-    params = ck.module_parameters(module)
+    params = ck.parameters(module)
     if chunk is None:
         data = seqs.data
         nonfinite = _count_nonfinite(data)

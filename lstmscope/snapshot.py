@@ -25,7 +25,7 @@ import numpy as np
 from lstmscope import __version__
 from lstmscope.errors import StateError, clean_message
 from lstmscope.fileio import atomic_writer, check_source
-from lstmscope.lazyarray import LAZY_DTYPES, LazyArray, safetensors_layout
+from lstmscope.lazyarray import LazyArray
 from lstmscope.spec import LSTMSpec
 
 FORMAT_VERSION = 1
@@ -167,29 +167,24 @@ class SnapshotWriter:
 
 
 def _sniff(path: Path) -> str:
+    """"safetensors", "npz" or "torch" (by content, lstmscope.sniff), or one StateError saying what it is."""
+    from lstmscope import sniff as sn
+
     check_source(path, "state (.safetensors or .npz)", StateError)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    try:
-        is_zip = zipfile.is_zipfile(path)
-        if is_zip:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-    except (zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError, OSError, ValueError, EOFError) as e:
-        raise StateError(f"{path} is a damaged zip archive ({clean_message(e)}); expected a state file "
-                         "(.safetensors or .npz with h_n and c_n)") from None
-    if is_zip:
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
-        raise StateError(f"{path} is a zip archive but neither an .npz nor a torch file; expected a state file "
-                         "(.safetensors or .npz with h_n and c_n)")
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80":
-        return "torch"
-    raise StateError(f"{path} is not a state file: expected a .safetensors snapshot or an .npz with h_n and c_n")
+    found = sn.sniff(path)
+    kind = {sn.SNAPSHOT: "safetensors", sn.SAFETENSORS: "safetensors", sn.NPZ: "npz", sn.TORCH_ZIP: "torch",
+            sn.TORCH_LEGACY: "torch"}.get(found.format)
+    if kind is not None:
+        return kind
+    expected = "expected a state file (.safetensors or .npz with h_n and c_n)"
+    if found.format == sn.DAMAGED_ZIP:
+        raise StateError(f"{path} is {found.description}{f' ({found.detail})' if found.detail else ''}; {expected}")
+    if found.format == sn.UNKNOWN_ZIP:
+        raise StateError(f"{path} is a zip archive but neither an .npz nor a torch file; {expected}")
+    if found.format in sn.CHECKPOINT_FORMATS or found.format == sn.TORCHSCRIPT:
+        raise StateError(f"{path} is {found.description}, a checkpoint, not a state file; give it as CHECKPOINT "
+                         "(lstmscope inspect / run / export-state)")
+    raise StateError(f"{path} is not a state file ({found.description}): {expected}")
 
 
 def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> StateFile:
@@ -239,15 +234,12 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | LazyArray], dict[str, str] | None]:
     """Tensors as LazyArrays (nothing is read yet), after the header has been checked against the file.
     A file with a dtype numpy lacks (BF16, F8) goes through the safetensors library, which refuses it."""
-    from lstmscope.readers.torch import read_safetensors_header  # validates offsets before reading
+    from lstmscope.dtypes import NUMPY
+    from lstmscope.readers.safetensors import read_header
 
-    try:
-        read_safetensors_header(path)
-    except Exception as e:
-        raise StateError(clean_message(e)) from None
-    meta, layout = safetensors_layout(path)
-    if all(dtype in LAZY_DTYPES for dtype, _, _, _ in layout.values()):
-        return {k: LazyArray(path, begin, LAZY_DTYPES[dtype], shape) for k, (dtype, shape, begin, _) in layout.items()}, meta
+    layout, meta = read_header(path, StateError)
+    if all(dtype in NUMPY for dtype, _, _, _ in layout.values()):
+        return {k: LazyArray(path, begin, NUMPY[dtype], shape) for k, (dtype, shape, begin, _) in layout.items()}, meta
     from safetensors import safe_open
 
     try:

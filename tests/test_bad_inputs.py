@@ -236,7 +236,7 @@ BAD_CHECKPOINTS = {
     "json": ("m.json", lambda: json.dumps({"model": {"weight_ih_l0": [[0.1] * 4] * 20}}).encode(), ["JSON"]),
     "json_brace_at_8": ("m.pt", lambda: b'{"lstm":{"weight_ih_l0": [1, 2]}}\n', ["JSON"]),
     "csv_text": ("m.ckpt", lambda: b"epoch,loss\n1,0.5\n", ["text"]),
-    "zip_not_torch": ("m.pt", lambda: _npz_bytes(x=rand(2, 2)), ["zip", "data.pkl"]),
+    "zip_not_torch": ("m.pt", lambda: _npz_bytes(x=rand(2, 2)), ["npz", "not a checkpoint", "INPUT"]),
 }
 
 
@@ -337,7 +337,7 @@ def test_damaged_safetensors_state(invoke, tmp_path, good_x, damage, command):
 
 def test_huge_header_length_is_refused_without_reading(tmp_path, monkeypatch):
     """2**62 header bytes are refused from the 8-byte prefix: nothing past it is read."""
-    from lstmscope.readers.torch import read_safetensors_header
+    from lstmscope.readers.safetensors import read_header as read_safetensors_header
     from lstmscope.errors import CheckpointError
 
     path = tmp_path / "huge.safetensors"

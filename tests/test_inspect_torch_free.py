@@ -32,7 +32,8 @@ from torch import nn
 import lstmscope.readers.torch as checkpoint
 from conftest import SAMPLES, real_checkpoints_dir, real_manifest
 from helpers import assert_one_error_line
-from lstmscope.readers.torch import read_checkpoint
+from lstmscope.readers import read_checkpoint
+from lstmscope.sniff import TORCH_LEGACY, sniff
 from lstmscope.readers.torch_listing import Unsupported, list_torch_file
 
 TORCH_ENV = checkpoint.LIST_WITH_TORCH_ENV
@@ -251,9 +252,9 @@ def test_run_after_torch_free_listing(tmp_path, case, fmt, protocol):
     path = save(obj, tmp_path / f"{case}.pt", fmt, protocol)
     ck = read_torch_free(path)
     assert [m.prefix for m in ck.modules][:1] == [prefix or ""]
-    params = ck.module_parameters(ck.modules[0])  # torch loads the values now
+    params = ck.parameters(ck.modules[0])  # torch loads the values now, handed over as numpy
     for name, want in lstm.state_dict().items():
-        assert torch.equal(params[name], want), name
+        assert torch.equal(torch.from_numpy(params[name]), want), name
     run_matches_lstm(path, prefix, lstm, tmp_path, atol=1e-12 if case == "f64" else 1e-6)
 
 
@@ -262,7 +263,7 @@ def test_lazy_loader_notices_a_changed_file(tmp_path):
     ck = read_torch_free(path)
     save(make_lstm(10, hidden_size=6).state_dict(), path, "zip", 2)
     with pytest.raises(checkpoint.CheckpointError, match="did the file change"):
-        ck.module_parameters(ck.modules[0])
+        ck.parameters(ck.modules[0])
 
 
 # --- full-module pickles from another process ----------------------------------------------------------
@@ -460,10 +461,10 @@ def test_truncated_legacy_file_gives_torchs_result(invoke, tmp_path, cut):
 
 def test_legacy_protocol_0_and_1_are_torch_files(invoke, tmp_path):
     p1 = save({"sd": make_lstm(16).state_dict()}, tmp_path / "p1.pt", "legacy", 1)
-    assert checkpoint.sniff_format(p1) == checkpoint.FORMAT_TORCH_LEGACY
+    assert sniff(p1).format == TORCH_LEGACY
     assert [m.prefix for m in read_torch_free(p1).modules] == ["sd"]
     p0 = save({"config": {"lr": 0.1}}, tmp_path / "p0.pt", "legacy", 0)  # torch can save no tensors with protocol 0
-    assert checkpoint.sniff_format(p0) == checkpoint.FORMAT_TORCH_LEGACY
+    assert sniff(p0).format == TORCH_LEGACY
     assert "no LSTM" in assert_one_error_line(invoke("inspect", p0), p0)
     text = tmp_path / "numbers.txt"
     text.write_text("L119547037146038801333356 is a long number\n")
@@ -527,8 +528,10 @@ def test_real_checkpoint(invoke, tmp_path, entry):
         flat = {}
         checkpoint._flatten(direct, "", flat, torch.Tensor, depth=0)
         for module in free.modules:
-            for name, tensor in free.module_parameters(module).items():
-                assert torch.equal(tensor, flat[module.keys()[name]])
+            for name, array in free.parameters(module).items():
+                want = flat[module.keys()[name]]
+                want = want.float() if want.dtype == torch.bfloat16 else want
+                assert torch.equal(torch.from_numpy(array), want)
 
 
 # --- startup: torch is never imported -----------------------------------------------------------------

@@ -36,10 +36,20 @@ class RunResult:
     dtype: str  # the dtype the LSTM ran in
 
 
-def build_lstm(spec: LSTMSpec, params: dict[str, torch.Tensor], dtype: torch.dtype, device: str = "cpu",
+def as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A numpy array as a CPU tensor sharing its memory (the one place parameters become torch tensors).
+    Read-only arrays (memory-mapped files) are shared too: lstmscope never writes to parameters."""
+    if isinstance(a, torch.Tensor):
+        return a
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def build_lstm(spec: LSTMSpec, params: dict[str, np.ndarray], dtype: torch.dtype, device: str = "cpu",
                *, num_layers: int | None = None, input_size: int | None = None, batch_first: bool = True) -> nn.LSTM:
-    """An ``nn.LSTM`` made on the meta device and given ``params`` without a copy (``assign=True``):
-    no random initialisation, no second copy of the weights."""
+    """An ``nn.LSTM`` made on the meta device and given ``params`` (numpy, canonical layout) without a
+    second copy where dtype and device allow (``assign=True``): no random initialisation."""
     with torch.device("meta"):
         lstm = nn.LSTM(
             input_size=input_size or spec.input_size,
@@ -50,12 +60,12 @@ def build_lstm(spec: LSTMSpec, params: dict[str, torch.Tensor], dtype: torch.dty
             bidirectional=spec.bidirectional,
             proj_size=spec.proj_size,
         )
-    state = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+    state = {k: as_tensor(v).to(device=device, dtype=dtype) for k, v in params.items()}
     lstm.load_state_dict(state, strict=True, assign=True)
     return lstm.eval()
 
 
-def layer_params(params: dict[str, torch.Tensor], layer: int, reverse: bool | None = None) -> dict[str, torch.Tensor]:
+def layer_params(params: dict[str, np.ndarray], layer: int, reverse: bool | None = None) -> dict[str, np.ndarray]:
     """The parameters of one layer renamed as layer 0 of a one-layer LSTM: both directions
     (``reverse=None``), or one direction as a unidirectional LSTM (``reverse`` False/True)."""
     sub = {}
@@ -160,7 +170,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def run_lstm(
     spec: LSTMSpec,
-    params: dict[str, torch.Tensor],
+    params: dict[str, np.ndarray],
     data: np.ndarray,
     *,
     lengths: np.ndarray | None = None,

@@ -134,7 +134,7 @@ def _local(lengths: np.ndarray | None, start: int, stop: int) -> np.ndarray | No
 
 def stream_lstm(
     spec: LSTMSpec,
-    params: dict[str, torch.Tensor],
+    params: dict[str, np.ndarray],
     read_steps: Reader,
     *,
     batch: int,
