@@ -120,13 +120,13 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     ck = read_checkpoint(checkpoint)
     if not ck.modules:
         ck.module(None)  # raises the "holds no LSTM" error
-    read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls}
+    read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls, "single_layers": ck.single_layers}
     if json_out:
         sys.stdout.write(dumps(inspect_document(str(checkpoint), ck.sha256, ck.format, ck.modules, **read)) + "\n")
     else:
         from lstmscope.render import render_inspect
 
-        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, **read)
+        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, version=ck.framework_version, **read)
 
 
 InputArg = Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]

@@ -43,26 +43,25 @@ def dumps(doc: dict) -> str:
 
 
 def model_fields(spec: LSTMSpec) -> dict:
-    return {
-        "input_size": spec.input_size,
-        "hidden_size": spec.hidden_size,
-        "proj_size": spec.proj_size,
-        "num_layers": spec.num_layers,
-        "bidirectional": spec.bidirectional,
-        "num_directions": spec.num_directions,
-        "bias": spec.bias,
-        "dtype": spec.dtype,
-    }
+    """The module's configuration: LSTMSpec.to_dict(), the one place it is written out."""
+    return spec.to_dict()
+
+
+def module_fields(m: LSTMModule) -> dict:
+    return {"prefix": m.prefix, "name": m.name, **model_fields(m.spec), "parameters": m.spec.parameter_count(),
+            "return_sequences": list(m.return_sequences) or None, "notes": list(m.notes)}
 
 
 def inspect_document(path: str, sha256: str, fmt: str, modules: list[LSTMModule], *,
-                     stubbed_globals: list[str] = (), refused_calls: list[str] = ()) -> dict:
+                     stubbed_globals: list[str] = (), refused_calls: list[str] = (),
+                     single_layers: list[LSTMModule] = ()) -> dict:
     """``stubbed_globals``/``refused_calls``: what a read without running code stubbed and refused ([] otherwise)."""
     return {
         "schema": INSPECT_SCHEMA,
         "checkpoint": {"path": path, "sha256": sha256, "format": fmt,
                        "stubbed_globals": list(stubbed_globals), "refused_calls": list(refused_calls)},
-        "modules": [{"prefix": m.prefix, **model_fields(m.spec), "parameters": m.spec.parameter_count()} for m in modules],
+        "modules": [module_fields(m) for m in modules],
+        "single_layers": [module_fields(m) for m in single_layers],
     }
 
 
@@ -74,10 +73,12 @@ def _stats(s: SliceStats) -> dict:
 def states_fields(view: StateView) -> dict:
     """The "states", "checks" and (when asked) "values" members shared by run and show-state."""
     doc: dict[str, Any] = {
-        "states": [{"layer": r.layer, "direction": r.direction, "index": r.index,
+        "states": [{"layer": r.layer, "layer_name": view.layer_name(r.layer), "direction": r.direction,
+                    "index": r.index, "h_label": view.state_label(r, "h"), "c_label": view.state_label(r, "c"),
                     "h_n": _stats(r.h_n), "c_n": _stats(r.c_n)} for r in view.rows],
         "checks": [{"layer": c.layer, "direction": c.direction, "output_time_index": c.output_time_index,
-                    "output_columns": list(c.columns), "max_abs_diff": c.max_abs_diff, "ok": c.ok}
+                    "output_columns": list(c.columns), "output_position": view.output_position(c.direction),
+                    "max_abs_diff": c.max_abs_diff, "ok": c.ok}
                    for c in view.checks],
     }
     if view.values:
@@ -92,6 +93,8 @@ def run_document(outcome) -> dict:
         "schema": RUN_SCHEMA,
         "checkpoint": {"path": str(ck.path), "sha256": ck.sha256, "format": ck.format, "module": module.prefix},
         "model": model_fields(module.spec),
+        "engine": outcome.engine,
+        "notes": list(module.notes),
         "input": {
             "path": str(seqs.path),
             "key": seqs.key,

@@ -30,19 +30,28 @@ def _num(v: float | None, fmt: str = ".4g") -> Text:
 
 
 def describe_spec(spec: LSTMSpec) -> str:
-    parts = [f"input {spec.input_size}", f"hidden {spec.hidden_size}"]
+    """One line: shapes, then the cell when it is not nn.LSTM's (Keras terms for Keras modules)."""
+    keras = spec.framework == "keras"
+    parts = [f"input {spec.input_size}", f"{'units' if keras else 'hidden'} {spec.hidden_size}"]
     if spec.proj_size:
         parts.append(f"proj {spec.proj_size}")
     parts.append(f"{spec.num_layers} layer{'s' if spec.num_layers > 1 else ''}")
     parts.append("bidirectional" if spec.bidirectional else "unidirectional")
-    parts.append("bias" if spec.bias else "no bias")
+    if spec.go_backwards:
+        parts.append("go_backwards")
+    parts.append(("bias" if spec.bias_layout == "single" or not keras else "two biases (cuDNN)") if spec.bias else "no bias")
+    if keras:
+        parts.append(f"activation {spec.cell_activation}, recurrent_activation {spec.gate_activation}")
+    elif not spec.standard_cell:
+        parts.append(spec.describe_cell())
     parts.append(spec.dtype)
     return ", ".join(parts)
 
 
 def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule], *,
-                   stubbed_globals: list[str] = (), refused_calls: list[str] = ()) -> None:
-    console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt})"))
+                   stubbed_globals: list[str] = (), refused_calls: list[str] = (),
+                   single_layers: list[LSTMModule] = (), version: str | None = None) -> None:
+    console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', Keras {version}' if version else ''})"))
     if stubbed_globals or refused_calls:
         console.print(Text("read without running code" + (f": {', '.join(stubbed_globals)}" if stubbed_globals else "")))
     if refused_calls:
@@ -54,19 +63,68 @@ def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModu
     table.add_column("configuration", overflow="fold", ratio=1)
     table.add_column("params", justify="right", no_wrap=True)
     for m in modules:
-        table.add_row(Text(m.display_name), Text(describe_spec(m.spec)), f"{m.spec.parameter_count():,}")
+        config = Text(describe_spec(m.spec))
+        for note in m.notes:
+            config.append(f"\n{note}", style="dim")
+        table.add_row(Text(m.display_name), config, f"{m.spec.parameter_count():,}")
     console.print(table)
     n = len(modules)
     console.print(f"{n} LSTM module{'s' if n != 1 else ''} found."
-                  + (" Pick one with --module PREFIX for run." if n > 1 else ""))
+                  + (" Pick one with --module NAME for run." if n > 1 else ""))
+    if single_layers:
+        console.print(Text("Each layer of a stack also runs alone: --module "
+                           + ", ".join(m.name for m in single_layers), style="dim"))
 
 
 def _dims(names: list[str], shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(f"{n}={d}" for n, d in zip(names, shape)) + ")"
 
 
-def render_shapes(console: Console, view: StateView, output_shape: list[int] | None) -> None:
+def render_keras_shapes(console: Console, view: StateView, output_shape: list[int] | None,
+                        return_sequences: tuple[bool, ...] = ()) -> None:
+    """Shapes and the state/output relation in Keras's own terms: what ``layer(x, return_sequences=True,
+    return_state=True)`` returns, (batch, units) per state."""
     spec = view.spec
+    u = spec.hidden_size
+    bi = spec.bidirectional
+    returns = "[y, h_f, c_f, h_b, c_b]" if bi else "[y, h, c]"
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
+    table.add_column(style="dim", overflow="fold")
+    if output_shape is not None:
+        lead = ["time", "batch"] if view.layout == "time_major" else ["batch", "time"]
+        table.add_row("y", _dims(lead + ["2*units" if bi else "units"], tuple(output_shape)),
+                      f"{view.layer_name(spec.num_layers - 1)}, every step")
+    for r in view.rows:
+        for which, arr in (("h", view.h_n), ("c", view.c_n)):
+            table.add_row(Text(view.state_label(r, which)), _dims(["batch", "units"], arr[r.index].shape),
+                          "state after the last step" if which == "h" else "")
+    console.print(Text.assemble(("Shapes", "bold underline"),
+                                (f"  layer(x, return_sequences=True, return_state=True) returns {returns}", "dim")))
+    console.print(table)
+    notes = ["Each state is (batch, units): one row per sequence, whatever the number of steps."]
+    if spec.go_backwards:
+        notes.append("go_backwards=True: y comes back in processing order (y[:, t] is the state after reading "
+                     "x[:, T-1-t]), so h == y[:, -1]; PyTorch's and ONNX's reverse outputs are in input order instead.")
+    if bi:
+        notes.append(f"Bidirectional concat: y[..., :{u}] is forward, y[..., {u}:] is backward re-reversed to input "
+                     f"order, so h_f == y[:, -1, :{u}] and h_b == y[:, 0, {u}:].")
+    if return_sequences and not return_sequences[-1]:
+        notes.append(f"{view.layer_name(spec.num_layers - 1)} has return_sequences=False: Keras returns only y[:, -1]; "
+                     "the whole y is shown here so the relation can be checked.")
+    if spec.num_layers > 1:
+        notes.append("A stack: y is the last layer's output; --all-layers runs layer by layer and checks every layer.")
+    for n in notes:
+        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+
+
+def render_shapes(console: Console, view: StateView, output_shape: list[int] | None,
+                  return_sequences: tuple[bool, ...] = ()) -> None:
+    spec = view.spec
+    if view.keras:
+        render_keras_shapes(console, view, output_shape, return_sequences)
+        return
     L, D, B = spec.num_layers, spec.num_directions, view.batch
     out_name = "proj" if spec.proj_size else "hidden"
     table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
@@ -104,8 +162,10 @@ def render_states(console: Console, view: StateView) -> None:
                           ("mean", "right"), ("std", "right"), ("min", "right"), ("max", "right"), ("norm", "right")):
         table.add_column(name, justify=justify)
     for r in view.rows:
-        for j, (label, s) in enumerate((("h_n", r.h_n), ("c_n", r.c_n))):
-            cells = [str(r.layer), DIR_SHORT[r.direction], str(r.index)] if j == 0 else ["", "", ""]
+        labels = (("h", r.h_n), ("c", r.c_n)) if view.keras else (("h_n", r.h_n), ("c_n", r.c_n))
+        for j, (label, s) in enumerate(labels):
+            layer = view.layer_name(r.layer) if view.keras else str(r.layer)
+            cells = [layer, DIR_SHORT[r.direction], str(r.index)] if j == 0 else ["", "", ""]
             name = Text(label)
             if s.nonfinite:
                 name.append(f" ({s.nonfinite} non-finite)", style=BAD_STYLE)
@@ -116,20 +176,22 @@ def render_states(console: Console, view: StateView) -> None:
 
 def render_checks(console: Console, view: StateView, hint: str | None) -> None:
     by_key = {(c.layer, c.direction): c for c in view.checks}
-    table = Table(title="Where each h_n slice lives in output", box=box.SIMPLE_HEAD, pad_edge=False,
-                  title_justify="left", title_style="bold")
-    for name, justify in (("layer", "right"), ("dir", "left"), ("h_n", "left"), ("output position", "left"),
+    title = "Where each h lives in y" if view.keras else "Where each h_n slice lives in output"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold")
+    for name, justify in (("layer", "right"), ("dir", "left"), ("h" if view.keras else "h_n", "left"),
+                          ("y position" if view.keras else "output position", "left"),
                           ("max |diff|", "right"), ("check", "left")):
         table.add_column(name, justify=justify, overflow="fold", no_wrap=(name == "output position"))
     for r in view.rows:
         c = by_key.get((r.layer, r.direction))
-        sl = Text(f"h_n[{r.index}]")
+        sl = Text(view.state_label(r, "h"))
+        layer = view.layer_name(r.layer) if view.keras else str(r.layer)
         if c is None:
-            table.add_row(str(r.layer), DIR_SHORT[r.direction], sl, Text("not in output", style="dim"),
+            table.add_row(layer, DIR_SHORT[r.direction], sl, Text("not in output", style="dim"),
                           Text("-", style="dim"), Text("-", style="dim"))
             continue
         mark = Text("ok", style=OK_STYLE) if c.ok else Text("MISMATCH", style=BAD_STYLE)
-        table.add_row(str(r.layer), DIR_SHORT[r.direction], sl, Text(view.output_position(r.direction)), _num(c.max_abs_diff, ".1e"), mark)
+        table.add_row(layer, DIR_SHORT[r.direction], sl, Text(view.output_position(r.direction)), _num(c.max_abs_diff, ".1e"), mark)
     console.print(table)
     notes = []
     if view.checks and len(set(view.last_steps.tolist())) > 1:
@@ -145,13 +207,14 @@ def render_values(console: Console, view: StateView) -> None:
         return
     b = view.value_batch
     for v in view.values:
+        layer = view.layer_name(v.layer) if view.keras else v.layer
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left",
-                      title=Text(f"layer {v.layer} {v.direction}, batch {b}", style="bold"))
+                      title=Text(f"layer {layer} {v.direction}, batch {b}", style="bold"))
         table.add_column("unit", justify="right")
-        table.add_column(Text("h_n"), justify="right")
+        table.add_column(Text("h" if view.keras else "h_n"), justify="right")
         if v.output is not None:
-            table.add_column(Text(v.output_position or "output"), justify="right")
-        table.add_column(Text("c_n"), justify="right")
+            table.add_column(Text(v.output_position or view.output_name), justify="right")
+        table.add_column(Text("c" if view.keras else "c_n"), justify="right")
         for k, u in enumerate(v.units):
             cells = [str(u), _num(v.h_n[k], ".7g")]
             if v.output is not None:
@@ -167,17 +230,19 @@ def render_verdict(console: Console, view: StateView) -> None:
     bad = [c for c in view.checks if not c.ok]
     if not bad:
         n = len(view.checks)
+        what = "every checked h equals its place in y" if view.keras else "every checked h_n slice equals its place in output"
         console.print(Text(f"All {n} checks ok" if n > 1 else "1 check ok", style=OK_STYLE),
-                      Text("(max |diff| <= 1e-6): every checked h_n slice equals its place in output."))
+                      Text(f"(max |diff| <= 1e-6): {what}."))
     else:
         console.print(Text(f"{len(bad)} of {len(view.checks)} checks failed", style=BAD_STYLE),
                       Text("(max |diff| > 1e-6)."))
 
 
 def render_view(console: Console, view: StateView, output_shape: list[int] | None,
-                hint: str | None = "output holds the last layer only; --all-layers runs layer by layer and checks every layer.") -> None:
+                hint: str | None = "output holds the last layer only; --all-layers runs layer by layer and checks every layer.",
+                return_sequences: tuple[bool, ...] = ()) -> None:
     console.print()
-    render_shapes(console, view, output_shape)
+    render_shapes(console, view, output_shape, return_sequences)
     console.print()
     render_states(console, view)
     if view.checks or output_shape is not None:
@@ -188,7 +253,8 @@ def render_view(console: Console, view: StateView, output_shape: list[int] | Non
 
 def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LSTMModule, input_name: str,
                       layout: str, batch: int, time: int, features: int, dtype: str, lengths_text: str | None,
-                      initial_state: str | None = None, chunk_size: int | None = None) -> None:
+                      initial_state: str | None = None, chunk_size: int | None = None, engine: str | None = None,
+                      notes: tuple[str, ...] = ()) -> None:
     lay = {"batch_first": "(batch, time, features), batch_first",
            "time_major": "(time, batch, features), --time-major",
            "single": "(time, features): one sequence, run as batch 1"}[layout]
@@ -197,8 +263,11 @@ def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LS
     grid.add_column(overflow="fold")
     grid.add_row("Module", Text.assemble(module.display_name, (f"  in {checkpoint} ({fmt})", "dim")))
     grid.add_row("", Text(describe_spec(module.spec)))
+    for note in notes:
+        grid.add_row("", Text(note, style="dim"))
     grid.add_row("Input", Text.assemble(input_name, (f"  batch {batch}, time {time}, features {features}", "")))
-    grid.add_row("", Text(f"read as {lay}; ran in {dtype}"))
+    ran = {"fused": " on nn.LSTM (fused)", "stepwise": " on the stepwise cell (nn.LSTM cannot run this cell)"}.get(engine or "", "")
+    grid.add_row("", Text(f"read as {lay}; ran in {dtype}{ran}"))
     if chunk_size:
         chunks = -(-time // chunk_size)
         grid.add_row("", Text(f"streamed: {chunks:,} chunks of {chunk_size:,} steps, (h, c) carried across them"))
@@ -219,9 +288,10 @@ def render_run(console: Console, outcome) -> None:
         console, checkpoint=outcome.checkpoint.path.name, fmt=outcome.checkpoint.format, module=outcome.module,
         input_name=seqs.display_name, layout=seqs.layout, batch=seqs.batch, time=seqs.time,
         features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
-        initial_state=outcome.initial_state_path, chunk_size=outcome.chunk_size,
+        initial_state=outcome.initial_state_path, chunk_size=outcome.chunk_size, engine=outcome.engine,
+        notes=outcome.module.notes,
     )
-    render_view(console, view, view.output_shape(outcome.output_width))
+    render_view(console, view, view.output_shape(outcome.output_width), return_sequences=outcome.module.return_sequences)
 
 
 def render_export(console: Console, outcome, path, meta: dict, size: int) -> None:

@@ -108,9 +108,32 @@ class StateView:
         else:
             t = "len[b]-1"
         bs = "0" if self.layout == "single" else "b" if b is None else str(b)
+        name = self.output_name
         if self.layout == "time_major":
-            return f"output[{t}, {bs}, {cols}]"
-        return f"output[{bs}, {t}, {cols}]"
+            return f"{name}[{t}, {bs}, {cols}]"
+        return f"{name}[{bs}, {t}, {cols}]"
+
+    @property
+    def keras(self) -> bool:
+        return self.spec.framework == "keras"
+
+    @property
+    def output_name(self) -> str:
+        """What the framework calls the output sequence: ``output`` (PyTorch), ``y`` (Keras)."""
+        return "y" if self.keras else "output"
+
+    def layer_name(self, layer: int) -> str:
+        """A layer as the framework names it: its index (PyTorch), its layer name (Keras)."""
+        names = self.spec.names
+        return names[layer] if layer < len(names) else str(layer)
+
+    def state_label(self, row: "StateRow", which: str = "h") -> str:
+        """How the framework names one slice: ``h_n[3]`` (PyTorch), ``lstm_1 h`` or ``bidirectional h_b`` (Keras,
+        in the order ``layer(x, return_state=True)`` returns them)."""
+        if not self.keras:
+            return f"{which}_n[{row.index}]"
+        suffix = ("_f" if row.direction == "forward" else "_b") if self.spec.bidirectional else ""
+        return f"{self.layer_name(row.layer)} {which}{suffix}"
 
 
 @dataclass

@@ -67,6 +67,7 @@ class RunOutcome:
     chunk_size: int | None = None  # steps per chunk when the run was streamed
     threads: int = 1
     input_nonfinite: int = 0  # NaN/Inf values in the input
+    engine: str = "fused"  # "fused" (nn.LSTM) or "stepwise" (any other cell)
 
     @property
     def output_width(self) -> int:
@@ -150,8 +151,13 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
     engine.configure_threads(threads)
     run_dtype = opts.dtype or spec.dtype
     params = ck.parameters(module)
+    backwards = spec.go_backwards  # Keras go_backwards: each sequence read last step first; output in that order
     if chunk is None:
         data = seqs.data
+        if backwards:
+            from lstmscope.sequences import reverse_steps
+
+            data = reverse_steps(data, seqs.lengths)
         nonfinite = _count_nonfinite(data)
         r = engine.run_lstm(spec, params, data, lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers,
                             device=opts.device, h0=h0, c0=c0)
@@ -166,8 +172,14 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
 
         counted = [0, 0]  # steps counted so far, non-finite values in them (the first pass, in order, only)
 
+        read_steps = seqs.read_steps
+        if backwards:
+            from lstmscope.sequences import reversed_reader
+
+            read_steps = reversed_reader(seqs.read_steps, seqs.lengths, seqs.time, seqs.batch)
+
         def read(start: int, stop: int) -> np.ndarray:
-            x = seqs.read_steps(start, stop)
+            x = read_steps(start, stop)
             if start == counted[0]:
                 counted[0] = stop
                 counted[1] += _count_nonfinite(x)
@@ -191,7 +203,8 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
         units=opts.units,
     )
     return RunOutcome(ck, module, seqs, result, view, state_sha,
-                      None if opts.initial_state is None else str(opts.initial_state), notes, chunk, threads, nonfinite)
+                      None if opts.initial_state is None else str(opts.initial_state), notes, chunk, threads, nonfinite,
+                      engine.engine_name(spec))
 
 
 def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False,

@@ -261,3 +261,47 @@ def check_lengths(lengths, source: str | None, batch: int, time: int) -> np.ndar
         i = int(np.argmax(arr > time))
         raise InputError(f"{src}[{i}] is {int(arr[i])} but the input has only {time} time steps")
     return arr.astype(np.int64)
+
+
+def reverse_steps(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Each sequence's own steps in reverse order, (B, T, F): ``out[b, t] = x[b, len[b]-1-t]`` for t < len[b];
+    padding past len[b] stays where it was. Reversing twice gives ``x`` back. This is how a Keras layer with
+    ``go_backwards=True`` reads its input (each sequence's real steps, last first)."""
+    if lengths is None:
+        return np.ascontiguousarray(x[:, ::-1])
+    t = np.arange(x.shape[1])[None, :]
+    lens = np.asarray(lengths, dtype=np.int64)[:, None]
+    idx = np.where(t < lens, lens - 1 - t, t)  # (B, T)
+    return np.take_along_axis(x, idx[:, :, None], axis=1)
+
+
+def reversed_reader(read_steps, lengths: np.ndarray | None, time: int, batch: int):
+    """``read_steps(start, stop)`` of the sequences as ``reverse_steps`` orders them, for streamed runs: each
+    chunk reads only the steps it needs (once per distinct length)."""
+
+    def read(start: int, stop: int) -> np.ndarray:
+        if lengths is None:
+            return np.ascontiguousarray(read_steps(time - stop, time - start)[:, ::-1])
+        out = None
+        for n in np.unique(lengths):
+            rows = np.nonzero(lengths == n)[0]
+            lo, hi = max(int(n) - stop, 0), max(int(n) - start, 0)
+            if hi <= lo:
+                continue
+            block = read_steps(lo, hi)[rows][:, ::-1]
+            if out is None:
+                out = np.zeros((batch, stop - start, block.shape[2]), dtype=block.dtype)
+            out[rows, : hi - lo] = block
+        if out is None:  # every sequence has ended before this chunk: padding only
+            first = read_steps(start, stop)
+            return first
+        if stop <= time:  # padding past each length: the original steps, as reverse_steps leaves them
+            pad = np.nonzero(lengths < stop)[0]
+            if pad.size:
+                orig = read_steps(start, stop)
+                t = np.arange(start, stop)[None, :]
+                keep = t >= lengths[pad][:, None]
+                out[pad] = np.where(keep[:, :, None], orig[pad], out[pad])
+        return out
+
+    return read

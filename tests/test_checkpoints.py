@@ -46,6 +46,13 @@ def expected_fields(lstm: nn.LSTM, cfg: dict, dtype: torch.dtype) -> dict:
         "num_directions": 2 if cfg["bidirectional"] else 1,
         "bias": cfg["bias"],
         "dtype": str(dtype).removeprefix("torch."),
+        # nn.LSTM's cell, in PyTorch's terms
+        "gate_activation": {"name": "sigmoid", "alpha": None, "beta": None},
+        "cell_activation": {"name": "tanh", "alpha": None, "beta": None},
+        "go_backwards": False,
+        "bias_layout": "ih+hh",
+        "framework": "pytorch",
+        "names": [],
         "parameters": sum(p.numel() for p in lstm.parameters()),
     }
 

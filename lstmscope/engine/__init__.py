@@ -1,7 +1,8 @@
 """Run LSTMs with torch: the one call (``run_lstm``) and what it needs.
 
-``fused`` runs every cell ``nn.LSTM`` computes exactly; ``streaming`` runs long inputs chunk by chunk in
-flat memory. Only this package turns numpy parameters into torch tensors.
+``fused`` runs every cell ``nn.LSTM`` computes exactly, and hands any other cell (other activations) to
+``stepwise``, which has nn.LSTM's calling convention; ``streaming`` runs long inputs chunk by chunk in flat
+memory with either. Only this package turns numpy parameters into torch tensors.
 """
 
 from lstmscope.engine.fused import (  # noqa: F401
@@ -11,6 +12,7 @@ from lstmscope.engine.fused import (  # noqa: F401
     check_device,
     configure_threads,
     default_threads,
+    engine_name,
     run_lstm,
     usable_cores,
 )

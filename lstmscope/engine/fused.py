@@ -46,20 +46,25 @@ def as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))
 
 
+def engine_name(spec: LSTMSpec) -> str:
+    """Which engine runs ``spec``: "fused" (nn.LSTM) or "stepwise" (lstmscope.engine.stepwise)."""
+    return "fused" if spec.standard_cell else "stepwise"
+
+
 def build_lstm(spec: LSTMSpec, params: dict[str, np.ndarray], dtype: torch.dtype, device: str = "cpu",
                *, num_layers: int | None = None, input_size: int | None = None, batch_first: bool = True) -> nn.LSTM:
-    """An ``nn.LSTM`` made on the meta device and given ``params`` (numpy, canonical layout) without a
+    """An ``nn.LSTM`` (or, for a cell it cannot compute, a StepwiseLSTM) made on the meta device and given ``params`` (numpy, canonical layout) without a
     second copy where dtype and device allow (``assign=True``): no random initialisation."""
+    shape = dict(input_size=input_size or spec.input_size, hidden_size=spec.hidden_size,
+                 num_layers=num_layers or spec.num_layers, bias=spec.bias, batch_first=batch_first,
+                 bidirectional=spec.bidirectional, proj_size=spec.proj_size)
     with torch.device("meta"):
-        lstm = nn.LSTM(
-            input_size=input_size or spec.input_size,
-            hidden_size=spec.hidden_size,
-            num_layers=num_layers or spec.num_layers,
-            bias=spec.bias,
-            batch_first=batch_first,
-            bidirectional=spec.bidirectional,
-            proj_size=spec.proj_size,
-        )
+        if spec.standard_cell:  # the fused kernel: every cell it computes exactly
+            lstm = nn.LSTM(**shape)
+        else:  # any other activation: the same calling convention, one time step at a time
+            from lstmscope.engine.stepwise import StepwiseLSTM
+
+            lstm = StepwiseLSTM(**shape, gate_activation=spec.gate_activation, cell_activation=spec.cell_activation)
     state = {k: as_tensor(v).to(device=device, dtype=dtype) for k, v in params.items()}
     lstm.load_state_dict(state, strict=True, assign=True)
     return lstm.eval()
