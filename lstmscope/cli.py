@@ -107,6 +107,7 @@ def main(
 
 CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning) or .safetensors.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
+LayoutOpt = Annotated[Optional[str], typer.Option("--layout", help="How the snapshot stores h and c: torch (h_n, c_n: (layers*directions, batch, hidden)) or keras (per layer <layer>/h, <layer>/c: (batch, units)). Default: the module's framework.", show_default=False)]
 ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="Key prefix of the LSTM to use when the file holds several (see inspect).", show_default=False)]
 
 
@@ -226,6 +227,7 @@ def export_state(
     initial_state: InitialStateOpt = None,
     broadcast_state: BroadcastOpt = False,
     include_output: Annotated[bool, typer.Option("--include-output", help="Also store the output sequence (batch, time, directions*hidden); a streamed run writes it chunk by chunk.")] = False,
+    layout: LayoutOpt = None,
     force: ForceOpt = False,
     chunk_size: ChunkOpt = None,
     threads: ThreadsOpt = None,
@@ -234,9 +236,11 @@ def export_state(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run like `run` and write the final (h_n, c_n) as a safetensors snapshot.
+    """Run like `run` and write the final states as a safetensors snapshot.
 
-    The file holds h_n and c_n in PyTorch's native layout, ready to pass back as (h0, c0).
+    PyTorch modules: h_n and c_n in PyTorch's native layout, ready to pass back as (h0, c0). Keras modules:
+    per layer what initial_state takes, <layer>/h and <layer>/c (<layer>/h_f, c_f, h_b, c_b for a
+    Bidirectional), each (batch, units). --layout picks the other.
     """
     from lstmscope.fileio import file_sha256
     from lstmscope.runner import RunOptions, export_state as do_export
@@ -246,7 +250,7 @@ def export_state(
             checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
             dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size,
             threads=threads, device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
-        ), output, include_output=include_output, force=force, progress=progress)
+        ), output, include_output=include_output, force=force, progress=progress, layout=layout)
     _notes(outcome)
     size = path.stat().st_size
     from lstmscope.jsonout import export_document
@@ -264,13 +268,19 @@ def import_state(
     output: OutOpt,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The checkpoint the state belongs to (for metadata and shape checks).", show_default=False)],
     module: ModuleOpt = None,
+    layout: LayoutOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Convert a foreign state file into an lstmscope v1 snapshot with full metadata."""
+    """Convert a foreign state file into an lstmscope v1 snapshot with full metadata.
+
+    Reads PyTorch's layout (h_n/c_n or h0/c0) and Keras's (h and c, or h_f, c_f, h_b, c_b, each (batch, units),
+    as np.savez(p, h=h, c=c) writes them); writes the module's own framework's layout unless --layout says.
+    """
     from lstmscope.readers import read_checkpoint
     from lstmscope.fileio import check_target, file_sha256, refuse_overwriting_sources
-    from lstmscope.snapshot import fit_state, read_state_file, snapshot_metadata, write_snapshot
+    from lstmscope.snapshot import (check_layout, default_layout, fit_state, read_state_file, snapshot_metadata,
+                                    state_tensors, write_snapshot)
 
     check_target(output, force)
     refuse_overwriting_sources(output, file, checkpoint)
@@ -279,9 +289,10 @@ def import_state(
     state = read_state_file(file, allow_torch=True)
     batch = state.h_n.shape[1]
     h0, c0 = fit_state(state, mod.display_name, mod.spec, batch)
+    kind = check_layout(layout or default_layout(mod.spec), mod.spec)
     meta = snapshot_metadata(mod.spec, batch_size=batch, dtype=str(h0.dtype), module=mod.prefix,
-                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths)
-    tensors = {"h_n": h0, "c_n": c0, "output": state.output, "lengths": state.lengths}
+                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths, layout=kind)
+    tensors = {**state_tensors(mod.spec, h0, c0, kind), "output": state.output, "lengths": state.lengths}
     write_snapshot(output, tensors, meta, force=force)
     if json_out:
         from lstmscope.jsonout import dumps

@@ -303,8 +303,13 @@ def render_export(console: Console, outcome, path, meta: dict, size: int) -> Non
     for r in outcome.view.rows:
         table.add_row(str(r.layer), DIR_SHORT[r.direction], str(r.index), _num(r.h_n.norm), _num(r.c_n.norm))
     console.print(table)
-    console.print(Text.assemble(("Wrote ", "bold"), str(path),
-                                f"  ({size:,} bytes; h_n {tuple(outcome.result.h_n.shape)}, c_n {tuple(outcome.result.c_n.shape)})"))
+    from lstmscope.snapshot import state_layout
+
+    spec = outcome.module.spec
+    held = state_layout(spec, outcome.sequences.batch, "float32", meta.get("layout", "torch"))
+    listed = ", ".join(f"{k} {shape}" for k, (_, shape) in held.items()) if len(held) <= 4 else \
+        f"{len(held)} tensors ({', '.join(list(held)[:2])}, ...), each {next(iter(held.values()))[1]}"
+    console.print(Text.assemble(("Wrote ", "bold"), str(path), f"  ({size:,} bytes; {listed})"))
     render_verdict(console, outcome.view)
 
 

@@ -208,13 +208,20 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
 
 
 def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False,
-                 progress=None):
+                 progress=None, layout: str | None = None):
     """Run, then write a v1 snapshot of the final states (and, with ``include_output``, the output,
-    written chunk by chunk as a streamed run makes it). Returns (outcome, written path, metadata)."""
+    written chunk by chunk as a streamed run makes it). ``layout``: "torch" (h_n, c_n) or "keras" (per layer
+    ``[h, c]`` as ``initial_state`` takes them); None: the module's framework's. Returns (outcome, written
+    path, metadata)."""
     from lstmscope.fileio import check_target, refuse_overwriting_sources
-    from lstmscope.snapshot import SnapshotWriter, snapshot_metadata
+    from lstmscope.snapshot import (SnapshotWriter, check_layout, default_layout, snapshot_metadata, state_layout,
+                                    state_tensors)
 
     out_path = Path(out)
+    if layout is not None and layout not in ("torch", "keras"):
+        from lstmscope.snapshot import LAYOUTS
+
+        raise UsageError(f"--layout {layout}: choose {' or '.join(LAYOUTS)}")
     check_target(out_path, force)  # refuse before spending time on the run
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
     box: dict = {}
@@ -222,19 +229,19 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     def sink_for(ck: Checkpoint, module: LSTMModule, seqs: Sequences, dtype: str, state_sha: str | None):
         """Open the snapshot before the run, so the output can go straight to its place in the file."""
         spec = module.spec
+        kind = check_layout(layout or default_layout(spec), spec)
+        box["layout"], box["spec"] = kind, spec
         meta = snapshot_metadata(spec, batch_size=seqs.batch, dtype=dtype, module=module.prefix,
                                  checkpoint_sha256=ck.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
-                                 initial_state_sha256=state_sha)
+                                 initial_state_sha256=state_sha, layout=kind)
         np_dtype = "float32" if dtype == "bfloat16" else dtype
-        d, p, h = spec.num_directions, spec.output_size, spec.hidden_size
-        layout = {"h_n": (np_dtype, (spec.num_layers * d, seqs.batch, p)),
-                  "c_n": (np_dtype, (spec.num_layers * d, seqs.batch, h))}
+        tensors = state_layout(spec, seqs.batch, np_dtype, kind)
         if include_output:
-            layout["output"] = (np_dtype, (seqs.batch, seqs.time, d * p))
+            tensors["output"] = (np_dtype, (seqs.batch, seqs.time, spec.num_directions * spec.output_size))
         if seqs.lengths is not None:
-            layout["lengths"] = ("int64", (seqs.batch,))
+            tensors["lengths"] = ("int64", (seqs.batch,))
         box["meta"] = meta
-        box["writer"] = w = SnapshotWriter(out_path, layout, meta, force=force)
+        box["writer"] = w = SnapshotWriter(out_path, tensors, meta, force=force)
         w.__enter__()
         return (lambda start, chunk: w.put_steps("output", start, chunk)) if include_output else None
 
@@ -242,8 +249,8 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
         outcome = execute_run(opts, progress=progress, sink_for=sink_for)
         res, seqs = outcome.result, outcome.sequences
         w = box["writer"]
-        w.put("h_n", res.h_n)
-        w.put("c_n", res.c_n)
+        for name, a in state_tensors(box["spec"], res.h_n, res.c_n, box["layout"]).items():
+            w.put(name, a)
         if seqs.lengths is not None:
             w.put("lengths", seqs.lengths)
     except BaseException as e:

@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "lstmscope.state"
 ARCHITECTURE_FIELDS = ("num_layers", "num_directions", "hidden_size", "proj_size", "input_size", "batch_size")
 PROVENANCE_FIELDS = ("dtype", "module", "checkpoint_sha256", "input_sha256", "lengths_sha256",
-                     "initial_state_sha256", "lstmscope_version", "format_version")
+                     "initial_state_sha256", "lstmscope_version", "format_version", "layout")
+LAYOUTS = ("torch", "keras")  # how h and c are stored: PyTorch's h_n/c_n, or Keras's per-layer initial_state
 _ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32"}
 _NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 STATE_NAMES = (("h_n", "c_n"), ("h0", "c0"))
@@ -69,10 +70,63 @@ def array_sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def keras_state_names(spec: LSTMSpec) -> list[tuple[int, str, str]]:
+    """(index in h_n, h name, c name) per layer and direction, in the order Keras's ``initial_state`` takes
+    them: ``[h, c]`` per LSTM layer, ``[h_f, c_f, h_b, c_b]`` per Bidirectional layer; named ``<layer>/h``,
+    ``<layer>/c`` or ``<layer>/h_f``, ``<layer>/c_f``, ``<layer>/h_b``, ``<layer>/c_b``."""
+    out = []
+    for layer in range(spec.num_layers):
+        name = spec.names[layer] if layer < len(spec.names) else f"layer{layer}"
+        for d in range(spec.num_directions):
+            suffix = ("_f", "_b")[d] if spec.bidirectional else ""
+            out.append((layer * spec.num_directions + d, f"{name}/h{suffix}", f"{name}/c{suffix}"))
+    return out
+
+
+def default_layout(spec: LSTMSpec) -> str:
+    """The layout a module's snapshots take unless asked otherwise: its own framework's."""
+    return "keras" if spec.framework == "keras" else "torch"
+
+
+def check_layout(layout: str, spec: LSTMSpec) -> str:
+    if layout not in LAYOUTS:
+        raise StateError(f"--layout {layout}: choose {' or '.join(LAYOUTS)}")
+    if layout == "keras" and spec.proj_size:
+        raise StateError("--layout keras: a Keras LSTM has no proj_size; this module's h and c differ in width")
+    return layout
+
+
+def state_layout(spec: LSTMSpec, batch: int, dtype: str, layout: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The h/c tensors a snapshot of ``spec`` holds in ``layout``: name -> (numpy dtype name, shape)."""
+    ld = spec.num_layers * spec.num_directions
+    if layout == "torch":
+        return {"h_n": (dtype, (ld, batch, spec.output_size)),  # (num_layers * num_directions, batch, out)
+                "c_n": (dtype, (ld, batch, spec.hidden_size))}  # (num_layers * num_directions, batch, hidden)
+    out = {}
+    for _, h, c in keras_state_names(spec):
+        out[h] = (dtype, (batch, spec.output_size))  # (batch, units)
+        out[c] = (dtype, (batch, spec.hidden_size))  # (batch, units)
+    return out
+
+
+def state_tensors(spec: LSTMSpec, h_n: np.ndarray, c_n: np.ndarray, layout: str) -> dict[str, np.ndarray]:
+    """h_n/c_n (PyTorch layout) as the tensors ``layout`` stores."""
+    if layout == "torch":
+        return {"h_n": h_n, "c_n": c_n}
+    out = {}
+    for i, h, c in keras_state_names(spec):
+        out[h], out[c] = h_n[i], c_n[i]
+    return out
+
+
 def snapshot_metadata(spec: LSTMSpec, *, batch_size: int, dtype: str, module: str, checkpoint_sha256: str | None,
                       input_sha256: str | None, lengths: np.ndarray | None = None,
-                      initial_state_sha256: str | None = None) -> dict[str, Any]:
+                      initial_state_sha256: str | None = None, layout: str = "torch") -> dict[str, Any]:
+    """The ``lstmscope.state`` entry. ``spec`` is the module's whole configuration (LSTMSpec.to_dict());
+    the flat architecture fields repeat what v1 readers compare."""
     return {
+        "layout": layout,
+        "spec": spec.to_dict(),
         "format_version": FORMAT_VERSION,
         "num_layers": spec.num_layers,
         "num_directions": spec.num_directions,
@@ -267,13 +321,50 @@ def _read_torch_state(path: Path) -> dict[str, np.ndarray]:
     return {str(k): v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy() for k, v in obj.items()}
 
 
+def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> None:
+    """Turn Keras-layout tensors into h_n/c_n in place: a snapshot's (by its metadata), or what a Keras user
+    saved by hand (``np.savez(p, h=h, c=c)``, or h_f, c_f, h_b, c_b for a Bidirectional layer)."""
+    if meta and meta.get("layout") == "keras":
+        try:
+            spec = LSTMSpec.from_dict(meta["spec"])
+        except (KeyError, TypeError, ValueError):
+            raise StateError(f"{path}: a Keras-layout snapshot needs its module's spec in the metadata") from None
+        names = keras_state_names(spec)
+    elif "h" in arrays and "c" in arrays:
+        names = [(0, "h", "c")]
+    elif all(k in arrays for k in ("h_f", "c_f", "h_b", "c_b")):
+        names = [(0, "h_f", "c_f"), (1, "h_b", "c_b")]
+    else:
+        return
+    hs, cs = [], []
+    for _, h, c in names:
+        for k in (h, c):
+            if k not in arrays:
+                raise StateError(f"{path} lacks {k}; a Keras-layout state holds {', '.join(n for _, a, b in names for n in (a, b))}")
+            if np.ndim(arrays[k]) != 2:
+                raise StateError(f"{path}: {k} has shape {tuple(np.shape(arrays[k]))}; Keras states are (batch, units)")
+        hs.append(np.asarray(arrays.pop(h)))
+        cs.append(np.asarray(arrays.pop(c)))
+    if len({a.shape[0] for a in hs + cs}) != 1:
+        raise StateError(f"{path}: the Keras states disagree on the batch size "
+                         f"({', '.join(str(a.shape) for a in hs + cs)})")
+    try:
+        arrays["h_n"], arrays["c_n"] = np.stack(hs), np.stack(cs)
+    except ValueError:
+        raise StateError(f"{path}: the Keras states of different layers differ in width; lstmscope reads stacks of "
+                         "equal units") from None
+
+
 def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> StateFile:
+    if "h_n" not in arrays and "h0" not in arrays:
+        _from_keras_layout(path, arrays, meta)
     for h_key, c_key in STATE_NAMES:
         if h_key in arrays and c_key in arrays:
             break
     else:
         raise StateError(f"{path} holds {', '.join(sorted(arrays)) or 'no tensors'}; a state file needs h_n and c_n "
-                         "(or h0 and c0) in PyTorch's layout (num_layers * num_directions, batch, hidden)")
+                         "(or h0 and c0) in PyTorch's layout (num_layers * num_directions, batch, hidden), or Keras's "
+                         "h and c (batch, units)")
     h, c = np.asarray(arrays.pop(h_key)), np.asarray(arrays.pop(c_key))  # small: (layers * directions, batch, width)
     for name, a in ((h_key, h), (c_key, c)):
         if a.ndim != 3:
@@ -337,6 +428,11 @@ def spec_from_state(state: StateFile, num_directions: int | None = None) -> LSTM
     (then ``input_size`` is unknown, 0, and directions come from ``num_directions`` or default to 1)."""
     m = state.meta
     if m:
+        if isinstance(m.get("spec"), dict):
+            try:
+                return LSTMSpec.from_dict(m["spec"])
+            except (KeyError, TypeError, ValueError):
+                pass  # a hand-edited spec: the flat v1 fields below still describe the shapes
         return LSTMSpec(m["input_size"], m["hidden_size"], m["proj_size"], m["num_layers"], m["num_directions"] == 2,
                         True, m.get("dtype", str(state.h_n.dtype)))
     d = num_directions or 1

@@ -35,7 +35,7 @@ TOL = 1e-6  # lstmscope (float32) against torch.nn.LSTM (float32) run here
 README_FIELDS = {
     "format_version", "num_layers", "num_directions", "hidden_size", "proj_size", "input_size", "batch_size",
     "dtype", "module", "checkpoint_sha256", "input_sha256", "lengths_sha256", "initial_state_sha256",
-    "lstmscope_version",
+    "lstmscope_version", "layout", "spec",
 }
 DIRECTIONS = ("forward", "backward")
 
@@ -266,6 +266,15 @@ def test_export_state_equals_torch(invoke, models, inputs, tmp_path, name, lengt
         "lengths_sha256": None if lengths is None else hashlib.sha256(LENGTHS.astype(np.int64).tobytes()).hexdigest(),
         "initial_state_sha256": None,
         "lstmscope_version": importlib.metadata.version("lstmscope"),
+        "layout": "torch",
+        "spec": {  # the nn.LSTM that made the file, in full
+            "input_size": F, "hidden_size": H, "proj_size": m.lstm.proj_size, "num_layers": m.L,
+            "bidirectional": m.D == 2, "num_directions": m.D, "bias": m.lstm.bias,
+            "dtype": str(next(m.lstm.parameters()).dtype).removeprefix("torch."),  # the checkpoint's, not the run's
+            "gate_activation": {"name": "sigmoid", "alpha": None, "beta": None},
+            "cell_activation": {"name": "tanh", "alpha": None, "beta": None},
+            "go_backwards": False, "bias_layout": "ih+hh", "framework": "pytorch", "names": [],
+        },
     }
 
 
