@@ -2,7 +2,7 @@
 
 B is the reference: an element passes when ``|a - b| <= atol + rtol * |b|`` (torch.testing's rule).
 Everything is computed in float64, in fixed-size blocks read straight from the files (a snapshot's
-tensors are LazyArrays), so big snapshots compare in flat memory: a few buffers of one block each.
+tensors are DiskArrays), so big snapshots compare in flat memory: a few buffers of one block each.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lstmscope.errors import UsageError
-from lstmscope.lazyarray import LazyArray
+from lstmscope.arrays import DiskArray
 from lstmscope.report import DIRECTIONS
 from lstmscope.snapshot import ARCHITECTURE_FIELDS, PROVENANCE_FIELDS, StateFile
 
@@ -71,11 +71,11 @@ class DiffResult:
         return self.comparable and not self.only_in_a and not self.only_in_b and all(r.passed for r in self.rows)
 
 
-def compare_arrays(a: "np.ndarray | LazyArray", b: "np.ndarray | LazyArray", *, atol: float, rtol: float,
+def compare_arrays(a: "np.ndarray | DiskArray", b: "np.ndarray | DiskArray", *, atol: float, rtol: float,
                    equal_nan: bool, tensor: str, layer: int | None = None, direction: str | None = None) -> DiffRow:
     """One row: max abs/rel difference (and where), mismatches, cosine; in float64 blocks.
 
-    ``a`` and ``b`` are arrays or LazyArrays. They are read BLOCK elements at a time into buffers
+    ``a`` and ``b`` are arrays or DiskArrays. They are read BLOCK elements at a time into buffers
     allocated once, and every float64 intermediate lives in a buffer of one block (``out=``), so
     memory stays flat however big the tensors are.
     """
@@ -84,7 +84,7 @@ def compare_arrays(a: "np.ndarray | LazyArray", b: "np.ndarray | LazyArray", *, 
                        max_abs_diff=float("nan"), max_rel_diff=float("nan"))
     shape = tuple(a.shape)
     n = int(np.prod(shape, dtype=np.int64))
-    fa, fb = (v if isinstance(v, LazyArray) else np.asarray(v).reshape(-1) for v in (a, b))
+    fa, fb = (v if isinstance(v, DiskArray) else np.asarray(v).reshape(-1) for v in (a, b))
     best, best_at, best_rel, bad, nonfinite = -1.0, 0, 0.0, 0, False
     cos = _Cosine()
     scanner = _Scanner(fa, fb, n, atol, rtol, equal_nan)
@@ -115,11 +115,11 @@ class _BlockStats:
 
 
 class _Side:
-    """One operand, a block at a time: a slice of a flat array, or a positioned read of a LazyArray into a buffer."""
+    """One operand, a block at a time: a slice of a flat array, or a positioned read of a DiskArray into a buffer."""
 
-    def __init__(self, arr: "np.ndarray | LazyArray", m: int):
+    def __init__(self, arr: "np.ndarray | DiskArray", m: int):
         self.arr = arr
-        self.file = arr.open() if isinstance(arr, LazyArray) else None
+        self.file = arr.open() if isinstance(arr, DiskArray) else None
         self.raw = np.empty(m, dtype=arr.dtype) if self.file is not None else None
 
     def read(self, s: int, c: int) -> np.ndarray:

@@ -17,9 +17,14 @@ _TABLE: dict[str, tuple[str, int, str | None]] = {
 }
 SAFETENSORS_NAMES = {code: name for code, (name, _, _) in _TABLE.items()}  # "F32" -> "float32"
 SAFETENSORS_CODES = {name: code for code, name in SAFETENSORS_NAMES.items()}  # "float32" -> "F32"
-ITEMSIZE = {name: size for name, size, _ in _TABLE.values()}  # "float32" -> 4
+# Bytes per element of every dtype a file may name, torch's included (as torch._utils._element_size gives them;
+# quantized, bits and sub-byte dtypes are left to torch).
+ITEMSIZE = {name: size for name, size, _ in _TABLE.values()} | {
+    "complex128": 16, "complex32": 4, "float8_e5m2fnuz": 1, "float8_e4m3fnuz": 1, "float4_e2m1fn_x2": 1,
+}
 NUMPY = {name: np.dtype(np_) for name, _, np_ in _TABLE.values() if np_ is not None}  # numpy can read these as they are
 FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")  # what an LSTM can run in
+SNAPSHOT_NAMES = ("float64", "float32", "float16", "int64", "int32")  # what lstmscope writes into snapshots
 
 
 def widen_bfloat16(raw: np.ndarray) -> np.ndarray:

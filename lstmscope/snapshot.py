@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from lstmscope import __version__
+from lstmscope.dtypes import SAFETENSORS_CODES, SNAPSHOT_NAMES
 from lstmscope.errors import StateError, clean_message
 from lstmscope.fileio import atomic_writer, check_source
-from lstmscope.lazyarray import LazyArray
+from lstmscope.arrays import DiskArray
 from lstmscope.spec import LSTMSpec
 
 FORMAT_VERSION = 1
@@ -34,8 +35,6 @@ ARCHITECTURE_FIELDS = ("num_layers", "num_directions", "hidden_size", "proj_size
 PROVENANCE_FIELDS = ("dtype", "module", "checkpoint_sha256", "input_sha256", "lengths_sha256",
                      "initial_state_sha256", "lstmscope_version", "format_version", "layout")
 LAYOUTS = ("torch", "keras")  # how h and c are stored: PyTorch's h_n/c_n, or Keras's per-layer initial_state
-_ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32"}
-_NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 STATE_NAMES = (("h_n", "c_n"), ("h0", "c0"))
 
 
@@ -46,13 +45,13 @@ class StateFile:
     path: Path
     h_n: np.ndarray  # (num_layers * num_directions, batch, out)
     c_n: np.ndarray  # (num_layers * num_directions, batch, hidden)
-    output: np.ndarray | LazyArray | None  # (batch, time, num_directions * out); lazy from safetensors
+    output: np.ndarray | DiskArray | None  # (batch, time, num_directions * out); lazy from safetensors
     lengths: np.ndarray | None  # (batch,) int64
     meta: dict[str, Any] | None
     kind: str  # "lstmscope snapshot v1", "safetensors", "npz", "torch"
-    extra: dict[str, np.ndarray | LazyArray]  # any other tensors in the file (lazy from safetensors)
+    extra: dict[str, np.ndarray | DiskArray]  # any other tensors in the file (lazy from safetensors)
 
-    def tensors(self) -> dict[str, np.ndarray | LazyArray]:
+    def tensors(self) -> dict[str, np.ndarray | DiskArray]:
         out = {"h_n": self.h_n, "c_n": self.c_n}
         if self.output is not None:
             out["output"] = self.output
@@ -152,7 +151,7 @@ def encode_header(tensors: dict[str, tuple[str, tuple[int, ...]]], metadata: dic
     for name in order:
         dtype, shape = tensors[name]
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": SAFETENSORS_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -179,7 +178,7 @@ class SnapshotWriter:
                  meta: dict[str, Any], *, force: bool = False):
         self.path, self.force = Path(path), force
         for k, (dtype, _) in layout.items():
-            if dtype not in _ST_DTYPES:
+            if dtype not in SNAPSHOT_NAMES:
                 raise StateError(f"cannot store {k} of dtype {dtype} in a snapshot")
         self.layout = layout
         self.head, order = encode_header(layout, {METADATA_KEY: canonical_json(meta)})
@@ -285,15 +284,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise StateError(f"{path}: cannot read .npz ({clean_message(e)})") from None
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | LazyArray], dict[str, str] | None]:
-    """Tensors as LazyArrays (nothing is read yet), after the header has been checked against the file.
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | DiskArray], dict[str, str] | None]:
+    """Tensors as DiskArrays (nothing is read yet), after the header has been checked against the file.
     A file with a dtype numpy lacks (BF16, F8) goes through the safetensors library, which refuses it."""
     from lstmscope.dtypes import NUMPY
     from lstmscope.readers.safetensors import read_header
 
     layout, meta = read_header(path, StateError)
     if all(dtype in NUMPY for dtype, _, _, _ in layout.values()):
-        return {k: LazyArray(path, begin, NUMPY[dtype], shape) for k, (dtype, shape, begin, _) in layout.items()}, meta
+        return {k: DiskArray(path, begin, shape, NUMPY[dtype], error=StateError)
+                for k, (dtype, shape, begin, _) in layout.items()}, meta
     from safetensors import safe_open
 
     try:

@@ -220,12 +220,12 @@ def test_zeros_and_empty(blocks):
 
 
 def test_lazy_array_indexing_reads_what_numpy_would(tmp_path):
-    from lstmscope.lazyarray import LazyArray
+    from lstmscope.arrays import DiskArray
 
     arr = np.arange(3 * 7 * 5, dtype=np.float32).reshape(3, 7, 5)
     safetensors.numpy.save_file({"h_n": arr[:1], "c_n": arr[:1], "output": arr}, str(tmp_path / "s.safetensors"))
     out = read_state_file(tmp_path / "s.safetensors").output
-    assert isinstance(out, LazyArray) and (out.shape, out.dtype, len(out)) == (arr.shape, arr.dtype, 3)
+    assert isinstance(out, DiskArray) and (out.shape, out.dtype, len(out)) == (arr.shape, arr.dtype, 3)
     rows, steps = np.arange(3), np.array([6, 0, 3])
     for key in [(rows, steps), (slice(None), 0), 1, -1, (1, 2), (1, 2, 3), (-1, slice(None, None, 2)),
                 (np.array([2, 0]), slice(1, 3)), (Ellipsis, 0), (slice(None), slice(None), 4), (0, [1, 1, 0]),

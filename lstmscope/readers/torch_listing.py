@@ -39,6 +39,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
+from lstmscope.dtypes import ITEMSIZE
 from lstmscope.readers.safe_pickle import (_MARKERS, Inert, PickleReport, RestrictedUnpickler, StubGlobal, _ascii,
                                    _latin1_encode, python3_name)
 
@@ -148,13 +149,6 @@ class _Handled:
 
 # --- what torch knows -------------------------------------------------------------------------------
 
-# Bytes per element, as torch._utils._element_size gives them (quantized, bits and sub-byte dtypes: left to torch).
-ITEMSIZE = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "complex128": 16, "complex64": 8, "complex32": 4,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1,
-    "float8_e5m2": 1, "float8_e4m3fn": 1, "float8_e5m2fnuz": 1, "float8_e4m3fnuz": 1, "float8_e8m0fnu": 1,
-    "float4_e2m1fn_x2": 1,
-}
 # dtypes that may require grad (torch refuses requires_grad=True on the others; that error is torch's to give)
 _GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128", "complex64"})
 # torch.storage._dtype_to_storage_type_map, inverted (the quantized ones are left to torch)
