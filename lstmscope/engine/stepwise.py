@@ -1,0 +1,375 @@
+"""A stepwise LSTM: ``nn.LSTM``'s interface and parameters, any activation of spec.ACTIVATION_PARAMS. torch.
+
+``StepwiseLSTM`` runs the cells ``nn.LSTM`` cannot (Keras ``hard_sigmoid`` gates, a ``relu`` cell, ...). It
+is a drop-in for ``nn.LSTM`` wherever the engine builds one: same constructor arguments, the same parameter
+names and shapes (so ``load_state_dict(params, strict=True, assign=True)`` works on a module made on the
+meta device), the same ``forward(input, hx)`` on a tensor or a PackedSequence, the same return shapes.
+
+How it runs, for each layer (both directions of a layer run together, stacked on a leading axis D):
+
+* the input projection of a block of time steps is one matmul per direction (``torch.addmm``), biases
+  included, into a reused buffer; the backward direction reads its block in reverse time order;
+* then a Python loop over the steps does only the recurrent product (``baddbmm_`` of the (D, B, P) state
+  with the stacked W_hh^T into that step's slice; ``addmm_`` for one direction) and five elementwise ops,
+  in place, writing h straight into the layer's preallocated output: no allocation per step in the
+  standard cell, and the views each step uses are made once per block.
+* Varying lengths (packed input) run on the padded batch in the packed (descending-length) order, so the
+  sequences that are running at a step are always its first ``batch_sizes[t]`` rows: a step works on a
+  prefix of the batch and needs no masks. A direction whose prefix is shorter than the other's gets its
+  extra rows computed and thrown away: its finished rows' (h, c) were saved when they finished (forward)
+  and its rows that have not started are reset to (h0, c0) when they do (backward). Full-length batches
+  pay for none of this.
+
+Gates are reordered once per call from nn.LSTM's (i, f, g, o) to (i, f, o, g), so the gate activation is
+one op over the first 3H columns and the cell activation one op over the last H.
+
+Everything runs in the parameters' dtype under ``torch.inference_mode()``: the returned tensors are
+inference tensors (read them, copy them, hand them back in; do not backpropagate through them).
+
+Speed (benchmarks/run.py --only stepwise_vs_fused: I=64, H=256, 2 layers, bidirectional, B=32, T=500,
+float32): about 1.3-1.5x the time of the fused nn.LSTM at one thread and 1.7-1.9x at two (this 2-core
+machine). Nearly all of it is the two matmuls; torch.tanh alone is a tenth. Tiny models pay the per-step
+Python and dispatch cost instead (H=64, B=1: about 10 us a step against nn.LSTM's 2-3 us).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from lstmscope.spec import ACTIVATION_PARAMS, SIGMOID, TANH, Activation
+
+# One activation: (x, out) -> None writes act(x) into out; out may be x itself (in place).
+ActFn = Callable[[torch.Tensor, torch.Tensor], None]
+
+SELU_ALPHA, SELU_SCALE = 1.67326324, 1.05070098  # Keras's constants (torch.selu's are longer)
+BLOCK_ELEMENTS = 1 << 22  # the input projection is computed for as many steps at a time as fit in this,
+MAX_BLOCK_STEPS = 256  # and at most this many
+
+
+def _copy(fn: Callable[[torch.Tensor], torch.Tensor]) -> ActFn:
+    """An activation with no ``out=`` form: compute, then copy into ``out``."""
+    return lambda x, out: out.copy_(fn(x))
+
+
+def _linear(x: torch.Tensor, out: torch.Tensor) -> None:
+    if out is not x:
+        out.copy_(x)
+
+
+def _affine(alpha: float, beta: float) -> ActFn:
+    def act(x, out):
+        torch.mul(x, alpha, out=out)
+        out.add_(beta)
+    return act
+
+
+def _hard_sigmoid(alpha: float, beta: float) -> ActFn:
+    def act(x, out):  # clip(alpha * x + beta, 0, 1)
+        torch.mul(x, alpha, out=out)
+        out.add_(beta).clamp_(0.0, 1.0)
+    return act
+
+
+def _scaled_tanh(alpha: float, beta: float) -> ActFn:
+    def act(x, out):  # alpha * tanh(beta * x)
+        torch.mul(x, beta, out=out)
+        out.tanh_().mul_(alpha)
+    return act
+
+
+def _selu(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x, SELU_ALPHA).mul_(SELU_SCALE)
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    return torch.logaddexp(x, x.new_zeros(()))  # log(1 + e^x) without F.softplus's cut-off at x > 20
+
+
+# Every activation of spec.ACTIVATION_PARAMS, as a maker taking (alpha, beta); formulas in spec.py's comment.
+ACTIVATIONS: dict[str, Callable[[float | None, float | None], ActFn]] = {
+    "sigmoid": lambda a, b: lambda x, out: torch.sigmoid(x, out=out),
+    "tanh": lambda a, b: lambda x, out: torch.tanh(x, out=out),
+    "relu": lambda a, b: lambda x, out: torch.clamp(x, min=0.0, out=out),
+    "linear": lambda a, b: _linear,
+    "hard_sigmoid": lambda a, b: _hard_sigmoid(a, b),
+    "elu": lambda a, b: _copy(lambda x: F.elu(x, a)),
+    "selu": lambda a, b: _copy(_selu),
+    "softsign": lambda a, b: _copy(F.softsign),
+    "softplus": lambda a, b: _copy(_softplus),
+    "exponential": lambda a, b: lambda x, out: torch.exp(x, out=out),
+    "swish": lambda a, b: _copy(F.silu),
+    "gelu": lambda a, b: _copy(F.gelu),  # exact (erf) form: approximate="none"
+    "relu6": lambda a, b: lambda x, out: torch.clamp(x, 0.0, 6.0, out=out),
+    "leaky_relu": lambda a, b: _copy(lambda x: F.leaky_relu(x, a)),
+    "thresholded_relu": lambda a, b: _copy(lambda x: F.threshold(x, a, 0.0)),  # x > alpha ? x : 0
+    "scaled_tanh": lambda a, b: _scaled_tanh(a, b),
+    "affine": lambda a, b: _affine(a, b),
+}
+
+
+def activation_fn(act: Activation) -> ActFn:
+    """The (x, out) function computing ``act``; ValueError for an unknown name or a missing parameter."""
+    if act.name not in ACTIVATIONS:
+        raise ValueError(f"activation {act.name!r} is not one StepwiseLSTM knows; known: {', '.join(ACTIVATIONS)}")
+    missing = [k for k in ACTIVATION_PARAMS[act.name] if getattr(act, k) is None]
+    if missing:
+        raise ValueError(f"activation {act.name} needs {' and '.join(missing)} (got {act.to_dict()})")
+    return ACTIVATIONS[act.name](act.alpha, act.beta)
+
+
+class StepwiseLSTM(nn.Module):
+    """``nn.LSTM`` with a choice of gate and cell activation (inference only).
+
+    Parameters, per layer ``k`` and direction (suffix ``_reverse`` for the backward one), as in nn.LSTM
+    (gate order i, f, g, o; P = proj_size or hidden_size):
+        weight_ih_l{k}  (4*hidden, input_size for k == 0 else num_directions * P)
+        weight_hh_l{k}  (4*hidden, P)
+        bias_ih_l{k}, bias_hh_l{k}  (4*hidden,)   when bias
+        weight_hr_l{k}  (proj_size, hidden)       when proj_size > 0
+    The cell: gates = x W_ih^T + b_ih + h W_hh^T + b_hh; i, f, o = gate_act(.); g = cell_act(.);
+    c = f * c + i * g; h = o * cell_act(c); with a projection h = h W_hr^T.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, bidirectional: bool = False, proj_size: int = 0,
+                 gate_activation: Activation = SIGMOID, cell_activation: Activation = TANH,
+                 device=None, dtype=None):
+        super().__init__()
+        if num_layers < 1 or hidden_size < 1 or input_size < 1:
+            raise ValueError(f"StepwiseLSTM needs positive sizes (input_size={input_size}, "
+                             f"hidden_size={hidden_size}, num_layers={num_layers})")
+        if proj_size < 0 or proj_size >= hidden_size:
+            raise ValueError(f"proj_size={proj_size} must be 0 or lie in 1..hidden_size-1 ({hidden_size - 1})")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional, self.proj_size = bias, batch_first, bidirectional, proj_size
+        self.gate_activation, self.cell_activation = gate_activation, cell_activation
+        self._gate_fn, self._cell_fn = activation_fn(gate_activation), activation_fn(cell_activation)
+        d = 2 if bidirectional else 1
+        out = proj_size or hidden_size
+        factory = {"device": device, "dtype": dtype}
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else d * out
+            for suffix in ("", "_reverse")[:d]:
+                k = f"l{layer}{suffix}"
+                self.register_parameter(f"weight_ih_{k}", nn.Parameter(torch.empty(4 * hidden_size, width, **factory)))
+                self.register_parameter(f"weight_hh_{k}", nn.Parameter(torch.empty(4 * hidden_size, out, **factory)))
+                if bias:
+                    self.register_parameter(f"bias_ih_{k}", nn.Parameter(torch.empty(4 * hidden_size, **factory)))
+                    self.register_parameter(f"bias_hh_{k}", nn.Parameter(torch.empty(4 * hidden_size, **factory)))
+                if proj_size:
+                    self.register_parameter(f"weight_hr_{k}", nn.Parameter(torch.empty(proj_size, hidden_size, **factory)))
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialisation: uniform in +-1/sqrt(hidden_size) (a no-op on the meta device)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        s += f", bias={self.bias}, batch_first={self.batch_first}, bidirectional={self.bidirectional}"
+        return s + f", gate_activation={self.gate_activation}, cell_activation={self.cell_activation}"
+
+    # ------------------------------------------------------------------------------------------------
+    # forward
+
+    @torch.inference_mode()
+    def forward(self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Like ``nn.LSTM.forward``.
+
+        input: (time, batch, input_size), or (batch, time, input_size) with batch_first, or unbatched
+            (time, input_size); or a PackedSequence (any ``enforce_sorted``).
+        hx: optional (h0, c0), (num_layers * num_directions, batch, P) and (..., hidden), in the batch's
+            own order (unbatched: without the batch axis); zeros when None.
+        Returns (output, (h_n, c_n)): output (time, batch, num_directions * P) (batch-first with
+        batch_first; a PackedSequence with the input's batch_sizes and indices for a packed input);
+        h_n (num_layers * num_directions, batch, P); c_n (num_layers * num_directions, batch, hidden).
+        """
+        packed = isinstance(input, PackedSequence)
+        unbatched = False
+        if packed:
+            # The padded batch in the packed order: longest first, so the running rows at step t are the
+            # first batch_sizes[t].
+            x, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))  # (time, batch, features)
+            counts: list[int] | None = input.batch_sizes.tolist()
+            if counts[0] == counts[-1]:
+                counts = None  # every sequence runs every step
+        else:
+            x, counts, lengths = input, None, None
+            if x.dim() == 2:
+                unbatched, x = True, x.unsqueeze(1)
+            elif x.dim() != 3:
+                raise ValueError(f"StepwiseLSTM expects a 2-D or 3-D input, got shape {tuple(x.shape)}")
+            elif self.batch_first:
+                x = x.transpose(0, 1)
+        x = x.contiguous()  # (time, batch, features)
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"input has {x.shape[2]} features per step but the LSTM expects {self.input_size}")
+        if x.dtype != self.weight_ih_l0.dtype:
+            raise ValueError(f"input is {x.dtype} but the LSTM's parameters are {self.weight_ih_l0.dtype}")
+        h0, c0 = self._initial_state(hx, x, unbatched)
+        if packed and input.sorted_indices is not None:
+            h0, c0 = h0.index_select(1, input.sorted_indices), c0.index_select(1, input.sorted_indices)
+
+        out, h_n, c_n = self._run(x, counts, h0, c0)  # (time, batch, D * P), (L * D, batch, P), (L * D, batch, H)
+
+        if packed:
+            data = pack_padded_sequence(out, lengths).data
+            if input.unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, input.unsorted_indices), c_n.index_select(1, input.unsorted_indices)
+            return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), (h_n, c_n)
+        if unbatched:
+            return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
+
+    def _initial_state(self, hx, x: torch.Tensor, unbatched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h0, c0) as (L * D, batch, P) and (L * D, batch, H): the given ones checked, or zeros."""
+        n, batch = self.num_layers * self.num_directions, x.shape[1]
+        h_shape, c_shape = (n, batch, self.proj_size or self.hidden_size), (n, batch, self.hidden_size)
+        if hx is None:
+            return x.new_zeros(h_shape), x.new_zeros(c_shape)
+        h0, c0 = hx
+        if unbatched:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        for name, t, shape in (("h0", h0, h_shape), ("c0", c0, c_shape)):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {shape}")
+        return h0, c0
+
+    def _layer_weights(self, layer: int):
+        """One layer's parameters stacked over directions, gates reordered to (i, f, o, g):
+        W_ih (D, 4H, in), bias (D, 4H) or None, W_hh^T (D, P, 4H), W_hr^T (D, H, P) or None."""
+        h = self.hidden_size
+        order = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
+        order = order.to(self.weight_ih_l0.device)
+        names = [f"l{layer}{s}" for s in ("", "_reverse")[: self.num_directions]]
+
+        def stack(kind: str) -> torch.Tensor:
+            return torch.stack([getattr(self, f"{kind}_{k}") for k in names])
+
+        w_ih = stack("weight_ih").index_select(1, order)  # (D, 4H, in)
+        w_hh_t = stack("weight_hh").index_select(1, order).transpose(1, 2)  # (D, P, 4H)
+        bias = (stack("bias_ih") + stack("bias_hh")).index_select(1, order) if self.bias else None  # (D, 4H)
+        w_hr_t = stack("weight_hr").transpose(1, 2) if self.proj_size else None  # (D, H, P)
+        return w_ih, bias, w_hh_t, w_hr_t
+
+    def _run(self, x: torch.Tensor, counts: list[int] | None, h0: torch.Tensor, c0: torch.Tensor):
+        """Every layer over time-major ``x`` (time, batch, features). ``counts``: the running rows at each
+        step (a prefix of the batch; None: all). Returns output (time, batch, D * P), h_n, c_n."""
+        d, (steps, batch, _) = self.num_directions, x.shape
+        p, four_h = self.proj_size or self.hidden_size, 4 * self.hidden_size
+        # Buffers shared by the layers. Outputs are zero-filled rather than left empty: their pages are then
+        # touched by one (parallel) fill instead of one by one in the step loop, and the slots a packed
+        # batch leaves unused hold numbers.
+        block = max(1, min(steps, MAX_BLOCK_STEPS, BLOCK_ELEMENTS // max(1, d * batch * four_h)))
+        gates = x.new_empty((d, block, batch, four_h))  # the input projection of a block of steps, then the gates
+        ys = [x.new_zeros((d, steps, batch, p)) for _ in range(2 if d == 1 and self.num_layers > 1 else 1)]
+        joined = x.new_empty((steps, batch, d * p)) if d == 2 else None  # a layer's output in time order
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            y = ys[layer % len(ys)]  # one direction: the previous layer's y is this layer's input
+            sl = slice(layer * d, (layer + 1) * d)
+            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], *self._layer_weights(layer), gates, y)
+            hs.append(h_n)
+            cs.append(c_n)
+            if d == 1:
+                x = y[0]  # (time, batch, P)
+            else:
+                joined[..., :p].copy_(y[0])
+                joined[..., p:].copy_(y[1].flip(0))
+                x = joined  # (time, batch, 2 * P)
+        return x, torch.cat(hs), torch.cat(cs)
+
+    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y):
+        """One layer, both directions together. x (time, batch, in); h0 (D, batch, P); c0 (D, batch, H);
+        weights as :meth:`_layer_weights` gives them; counts as in :meth:`_run`; gates (D, block, batch, 4H)
+        a work buffer.
+
+        Writes y (D, time, batch, P), each direction's output in its own processing order (the backward
+        direction's step s is time T-1-s; with counts, slots where a sequence does not run hold junk) and
+        returns h_n (D, batch, P) and c_n (D, batch, H)."""
+        steps, batch, width = x.shape
+        d, block, _, four_h = gates.shape
+        h, p = four_h // 4, y.shape[3]
+        c = c0.clone()  # (D, batch, H)
+        tc = x.new_empty((d, batch, h))  # cell_act(c)
+        hfull = x.new_empty((d, batch, h)) if w_hr_t is not None else None  # o * cell_act(c), before W_hr
+        h_prev = h0  # (D, batch, P): the state a step reads (read only: later steps read a step of y)
+        # The step loop works on (D, batch, .) tensors with baddbmm/bmm; one direction drops the D axis and
+        # uses addmm/mm, which cost less per call. Either way rows are the second-to-last axis.
+        if d == 1:
+            recurrent, project, y_run, g_run = torch.Tensor.addmm_, torch.mm, y[0], gates[0]  # (time, ...)
+            c_run, tc, hfull, h_prev, w_rec, w_proj = (None if t is None else t[0] for t in (
+                c, tc, hfull, h_prev, w_hh_t, w_hr_t))
+        else:
+            recurrent, project = torch.Tensor.baddbmm_, torch.bmm
+            y_run, g_run = y.transpose(0, 1), gates.transpose(0, 1)  # (time, D, ...)
+            c_run, w_rec, w_proj = c, w_hh_t, w_hr_t
+        # Views of each step's slice of `gates`: all 4H, then i, f, o (3H), then g, i, f, o (H each).
+        rows = [(r, r[..., :3 * h], r[..., 3 * h:], r[..., :h], r[..., h:2 * h], r[..., 2 * h:3 * h]) for r in g_run]
+        gate_fn, cell_fn = self._gate_fn, self._cell_fn
+        if counts is not None:
+            h_n, c_n = h0.clone(), c0.clone()  # filled in row by row as sequences finish
+            fwd, bwd = counts, counts[::-1]  # running rows per step; the backward step s runs time T-1-s
+            nf_prev, nb_prev = batch, bwd[0]
+
+        for s0 in range(0, steps, block):
+            k = min(block, steps - s0)
+            for j in range(d):  # the input projection of this block: (k * batch, in) @ (in, 4H) + bias
+                xs = x[s0:s0 + k] if j == 0 else x[steps - s0 - k:steps - s0].flip(0)  # (k, batch, in)
+                dst = gates[j, :k].view(k * batch, four_h)
+                if bias is None:
+                    torch.mm(xs.reshape(k * batch, width), w_ih[j].t(), out=dst)
+                else:
+                    torch.addmm(bias[j], xs.reshape(k * batch, width), w_ih[j].t(), out=dst)
+            y_steps = y_run[s0:s0 + k]  # this block's steps of y
+            for s in range(s0, s0 + k):
+                g, ifo, cand, i, f, o = rows[s - s0]
+                h_in, cs, tcs, hf, out = h_prev, c_run, tc, hfull, y_steps[s - s0]
+                if counts is not None:  # run the first n rows (see the module docstring)
+                    nf = n = fwd[s]
+                    if nf < nf_prev:  # forward rows [nf, nf_prev) ran their last step at s-1
+                        h_n[0, nf:nf_prev] = h_prev.view(d, batch, p)[0, nf:nf_prev]
+                        c_n[0, nf:nf_prev] = c[0, nf:nf_prev]
+                        nf_prev = nf
+                    if d == 2:
+                        nb = bwd[s]
+                        if nb > nb_prev:  # backward rows [nb_prev, nb) start here, from (h0, c0)
+                            h_prev[1, nb_prev:nb], c[1, nb_prev:nb] = h0[1, nb_prev:nb], c0[1, nb_prev:nb]
+                            nb_prev = nb  # (h_prev is a step of y here, and that row's slot there is unused)
+                        n = max(nf, nb)
+                    g, ifo, cand, i, f, o, h_in, cs, tcs, out = (
+                        t[..., :n, :] for t in (g, ifo, cand, i, f, o, h_in, cs, tcs, out))
+                    hf = hf[..., :n, :] if hf is not None else None
+                recurrent(g, h_in, w_rec)  # gates += h W_hh^T
+                gate_fn(ifo, ifo)
+                cell_fn(cand, cand)
+                cs.mul_(f).addcmul_(i, cand)  # c = f * c + i * g
+                cell_fn(cs, tcs)
+                if hf is None:
+                    torch.mul(o, tcs, out=out)  # h = o * cell_act(c)
+                else:
+                    torch.mul(o, tcs, out=hf)
+                    project(hf, w_proj, out=out)  # h = (o * cell_act(c)) W_hr^T
+                h_prev = out if counts is None else y_steps[s - s0]
+        h_prev = h_prev.reshape(d, batch, p)
+        if counts is None:
+            return h_prev.clone(), c
+        h_n[0, :nf_prev], c_n[0, :nf_prev] = h_prev[0, :nf_prev], c[0, :nf_prev]  # rows running at the end
+        if d == 2:  # every sequence runs the backward direction's last step (time 0)
+            h_n[1], c_n[1] = h_prev[1], c[1]
+        return h_n, c_n

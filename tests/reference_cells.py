@@ -1,0 +1,129 @@
+"""Independent pure-numpy (float64) reference for LSTM cells with any activation (no torch, no lstmscope).
+
+The same equations as reference.py's ``lstm_reference``, with the two activations as parameters
+(gate order in the weights: i, f, g, o)::
+
+    i  = gate_act(W_ii x + b_ii + W_hi h + b_hi)
+    f  = gate_act(W_if x + b_if + W_hf h + b_hf)
+    g  = cell_act(W_ig x + b_ig + W_hg h + b_hg)
+    o  = gate_act(W_io x + b_io + W_ho h + b_ho)
+    c' = f * c + i * g
+    h' = o * cell_act(c')              (proj_size == 0)
+    h' = W_hr @ (o * cell_act(c'))     (proj_size > 0)
+
+Activations are written from the formulas in the comment above lstmscope.spec.ACTIVATION_PARAMS (Keras
+names; alpha/beta as ONNX's activation_alpha/activation_beta; selu with Keras's constants).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["activation", "lstm_reference_cells"]
+
+SELU_ALPHA = 1.67326324
+SELU_SCALE = 1.05070098
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _sigmoid(z):
+    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+def _elu(z, alpha):
+    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
+
+
+def activation(name: str, alpha: float | None = None, beta: float | None = None):
+    """The float64 function ``name`` with its parameters, from spec.py's formulas."""
+    table = {
+        "sigmoid": _sigmoid,
+        "tanh": np.tanh,
+        "relu": lambda z: np.maximum(z, 0.0),
+        "linear": lambda z: z,
+        "hard_sigmoid": lambda z: np.clip(alpha * z + beta, 0.0, 1.0),
+        "elu": lambda z: _elu(z, alpha),
+        "selu": lambda z: SELU_SCALE * _elu(z, SELU_ALPHA),
+        "softsign": lambda z: z / (1.0 + np.abs(z)),
+        "softplus": lambda z: np.logaddexp(0.0, z),  # log(1 + e^z) without overflow
+        "exponential": np.exp,
+        "swish": lambda z: z * _sigmoid(z),
+        "gelu": lambda z: 0.5 * z * (1.0 + _erf(z / math.sqrt(2.0))),
+        "relu6": lambda z: np.clip(z, 0.0, 6.0),
+        "leaky_relu": lambda z: np.where(z >= 0, z, alpha * z),
+        "thresholded_relu": lambda z: np.where(z > alpha, z, 0.0),
+        "scaled_tanh": lambda z: alpha * np.tanh(beta * z),
+        "affine": lambda z: alpha * z + beta,
+    }
+    fn = table[name]
+    return lambda z: fn(np.asarray(z, dtype=np.float64))
+
+
+def _as_fn(act):
+    """An activation given as a name, a (name, alpha, beta) tuple, or anything with .name/.alpha/.beta."""
+    if isinstance(act, str):
+        return activation(act)
+    if isinstance(act, tuple):
+        return activation(*act)
+    return activation(act.name, act.alpha, act.beta)
+
+
+def _f64(v):
+    if v is None:
+        return None
+    if hasattr(v, "detach"):  # a torch tensor, without importing torch
+        v = v.detach().cpu().double().numpy()
+    return np.asarray(v, dtype=np.float64)
+
+
+def lstm_reference_cells(params: dict, x, *, num_layers: int, bidirectional: bool, proj_size: int = 0,
+                         lengths=None, h0=None, c0=None, gate_activation="sigmoid", cell_activation="tanh"):
+    """Like ``reference.lstm_reference`` (same arguments, same conventions for lengths, h0/c0 and the
+    results), with ``gate_activation`` (i, f, o) and ``cell_activation`` (g and the output's act(c)).
+
+    x: (B, T, F) batch-first. Returns (output (B, T, D*H_out), h_n (L*D, B, H_out), c_n (L*D, B, H),
+    layer_outputs), float64; output is 0 where t >= lengths[b]."""
+    gate, cell = _as_fn(gate_activation), _as_fn(cell_activation)
+    x = np.asarray(x, dtype=np.float64)
+    B, T, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = _f64(params["weight_hh_l0"]).shape[0] // 4
+    P = proj_size or H
+    lens = np.full(B, T) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(B)
+    h0 = np.zeros((num_layers * D, B, P)) if h0 is None else _f64(h0)
+    c0 = np.zeros((num_layers * D, B, H)) if c0 is None else _f64(c0)
+    h_n = np.zeros((num_layers * D, B, P))
+    c_n = np.zeros((num_layers * D, B, H))
+    layer_outputs = []
+    inp = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w_ih, w_hh = _f64(params["weight_ih" + sfx]), _f64(params["weight_hh" + sfx])
+            b = np.zeros(4 * H)
+            for name in ("bias_ih" + sfx, "bias_hh" + sfx):
+                if name in params:
+                    b = b + _f64(params[name])
+            w_hr = _f64(params["weight_hr" + sfx]) if proj_size else None
+            k = layer * D + d
+            out = np.zeros((B, T, P))
+            for bi in range(B):  # one sequence at a time, over its own steps only
+                h, c = h0[k, bi].copy(), c0[k, bi].copy()
+                n = int(lens[bi])
+                for t in (range(n) if d == 0 else range(n - 1, -1, -1)):
+                    z = w_ih @ inp[bi, t] + w_hh @ h + b
+                    i, f, g, o = gate(z[:H]), gate(z[H:2 * H]), cell(z[2 * H:3 * H]), gate(z[3 * H:])
+                    c = f * c + i * g
+                    h = o * cell(c)
+                    if w_hr is not None:
+                        h = w_hr @ h
+                    out[bi, t] = h
+                h_n[k, bi], c_n[k, bi] = h, c
+            outs.append(out)
+        inp = np.concatenate(outs, axis=2)
+        layer_outputs.append(inp)
+    return inp.copy(), h_n, c_n, layer_outputs
