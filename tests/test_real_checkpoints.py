@@ -236,17 +236,3 @@ def _torch_run_params(mod, params, x):
         warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
         out, (h, c) = lstm(torch.from_numpy(x))
     return out.numpy(), h.numpy(), c.numpy()
-
-
-# --- files lstmscope refuses ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("entry", KERAS, ids=lambda e: e["file"])
-def test_keras_is_refused(invoke, tmp_path, entry):
-    name = entry["file"].rsplit("/", 1)[-1]
-    err = _assert_one_error_line(invoke("inspect", _path(entry)), "Keras", name)
-    assert "PyTorch" in err  # says what lstmscope does read
-    _assert_one_error_line(invoke("inspect", _path(entry), "--json"), "Keras", name)
-    x = tmp_path / "x.npy"
-    np.save(x, np.zeros((1, 3, entry["keras_lstm_layers"][0]["input_size"]), dtype=np.float32))
-    _assert_one_error_line(invoke("run", _path(entry), x), "Keras", name)
