@@ -105,10 +105,12 @@ def main(
     """
 
 
-CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning) or .safetensors.", show_default=False)]
+CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning), .safetensors, or Keras .keras/.h5/.weights.h5.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
+ActivationOpt = Annotated[Optional[str], typer.Option("--activation", help="Keras modules: the cell activation (Keras's name: tanh, relu, ...) instead of the file's; for weights-only files, which carry no config.", show_default=False)]
+RecurrentActivationOpt = Annotated[Optional[str], typer.Option("--recurrent-activation", help="Keras modules: the gate activation (sigmoid, hard_sigmoid, ...) instead of the file's or the default taken from keras_version.", show_default=False)]
 LayoutOpt = Annotated[Optional[str], typer.Option("--layout", help="How the snapshot stores h and c: torch (h_n, c_n: (layers*directions, batch, hidden)) or keras (per layer <layer>/h, <layer>/c: (batch, units)). Default: the module's framework.", show_default=False)]
-ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="Key prefix of the LSTM to use when the file holds several (see inspect).", show_default=False)]
+ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="The LSTM to use when the file holds several (see inspect): PyTorch key prefix, Keras layer name, a stack's a+b name, or one layer of a stack.", show_default=False)]
 
 
 @app.command()
@@ -189,6 +191,8 @@ def run(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
     tmp_dir: TmpDirOpt = None,
+    activation: ActivationOpt = None,
+    recurrent_activation: RecurrentActivationOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -203,7 +207,8 @@ def run(
             checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
             dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=units,
             initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size, threads=threads,
-            device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
+            device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir), activation=activation,
+            recurrent_activation=recurrent_activation,
         ), progress=progress)
     _notes(outcome)
     from lstmscope.jsonout import run_document
@@ -233,6 +238,8 @@ def export_state(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
     tmp_dir: TmpDirOpt = None,
+    activation: ActivationOpt = None,
+    recurrent_activation: RecurrentActivationOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -250,6 +257,7 @@ def export_state(
             checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
             dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size,
             threads=threads, device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
+            activation=activation, recurrent_activation=recurrent_activation,
         ), output, include_output=include_output, force=force, progress=progress, layout=layout)
     _notes(outcome)
     size = path.stat().st_size

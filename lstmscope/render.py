@@ -100,8 +100,8 @@ def render_keras_shapes(console: Console, view: StateView, output_shape: list[in
         for which, arr in (("h", view.h_n), ("c", view.c_n)):
             table.add_row(Text(view.state_label(r, which)), _dims(["batch", "units"], arr[r.index].shape),
                           "state after the last step" if which == "h" else "")
-    console.print(Text.assemble(("Shapes", "bold underline"),
-                                (f"  layer(x, return_sequences=True, return_state=True) returns {returns}", "dim")))
+    console.print(Text("Shapes", style="bold underline"))
+    console.print(Text(f"layer(x, return_sequences=True, return_state=True) returns {returns}:", style="dim"))
     console.print(table)
     notes = ["Each state is (batch, units): one row per sequence, whatever the number of steps."]
     if spec.go_backwards:
@@ -113,8 +113,6 @@ def render_keras_shapes(console: Console, view: StateView, output_shape: list[in
     if return_sequences and not return_sequences[-1]:
         notes.append(f"{view.layer_name(spec.num_layers - 1)} has return_sequences=False: Keras returns only y[:, -1]; "
                      "the whole y is shown here so the relation can be checked.")
-    if spec.num_layers > 1:
-        notes.append("A stack: y is the last layer's output; --all-layers runs layer by layer and checks every layer.")
     for n in notes:
         console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
 
@@ -164,14 +162,16 @@ def render_states(console: Console, view: StateView) -> None:
     for r in view.rows:
         labels = (("h", r.h_n), ("c", r.c_n)) if view.keras else (("h_n", r.h_n), ("c_n", r.c_n))
         for j, (label, s) in enumerate(labels):
-            layer = view.layer_name(r.layer) if view.keras else str(r.layer)
-            cells = [layer, DIR_SHORT[r.direction], str(r.index)] if j == 0 else ["", "", ""]
+            cells = [str(r.layer), DIR_SHORT[r.direction], str(r.index)] if j == 0 else ["", "", ""]
             name = Text(label)
             if s.nonfinite:
                 name.append(f" ({s.nonfinite} non-finite)", style=BAD_STYLE)
             table.add_row(*cells, name, _num(s.mean), _num(s.std), _num(s.min), _num(s.max), _num(s.norm),
                           end_section=(j == 1 and r is not view.rows[-1]))
     console.print(table)
+    if view.keras:  # layer names can be long: the table keeps numbers readable with indexes
+        names = ", ".join(f"{i} = {view.layer_name(i)}" for i in range(view.spec.num_layers))
+        console.print(Padding(Text(f"layer {names}", style="dim"), (0, 0, 0, 2)))
 
 
 def render_checks(console: Console, view: StateView, hint: str | None) -> None:
@@ -185,9 +185,9 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
     for r in view.rows:
         c = by_key.get((r.layer, r.direction))
         sl = Text(view.state_label(r, "h"))
-        layer = view.layer_name(r.layer) if view.keras else str(r.layer)
+        layer = str(r.layer)
         if c is None:
-            table.add_row(layer, DIR_SHORT[r.direction], sl, Text("not in output", style="dim"),
+            table.add_row(layer, DIR_SHORT[r.direction], sl, Text(f"not in {view.output_name}", style="dim"),
                           Text("-", style="dim"), Text("-", style="dim"))
             continue
         mark = Text("ok", style=OK_STYLE) if c.ok else Text("MISMATCH", style=BAD_STYLE)
@@ -197,7 +197,7 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
     if view.checks and len(set(view.last_steps.tolist())) > 1:
         notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
     if len(view.checks) < len(view.rows) and hint:
-        notes.append(hint)
+        notes.append(hint.replace("output holds", "y holds") if view.keras else hint)
     for n in notes:
         console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
 

@@ -41,6 +41,8 @@ class RunOptions:
     chunk_size: int | None = None  # time steps per chunk; None: automatic (see plan_chunks); 0: never chunk
     threads: int | None = None  # torch intra-op threads; None: engine.default_threads
     tmp_dir: str | None = None  # where bidirectional streamed runs keep layer outputs (default: TMPDIR)
+    activation: str | None = None  # Keras modules: the cell activation to use instead of the file's (or default)
+    recurrent_activation: str | None = None  # Keras modules: the gate activation, likewise
 
 
 @dataclass
@@ -120,7 +122,8 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
     if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
         raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
     ck = read_checkpoint(opts.checkpoint)
-    module = ck.module(opts.module)
+    module = ck.with_cell(ck.module(opts.module), activation=opts.activation,
+                          recurrent_activation=opts.recurrent_activation)
     spec = module.spec
     seqs = load_sequences(
         opts.input,

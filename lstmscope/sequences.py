@@ -91,30 +91,31 @@ class Sequences:
 
 def _load_any(path: Path, what: str):
     """Open an .npy (a DiskArray) or .npz (name -> DiskArray or array) without reading its data and
-    without pickles; every failure becomes an InputError naming the file."""
+    without pickles; every failure becomes an InputError naming the file. What the file is comes from
+    lstmscope.sniff, as for every other file."""
+    from lstmscope import sniff as sn
+
     check_source(path, f"{what} (.npy or .npz)", InputError)
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(6)
-            fh.seek(0)
-            if magic[:2] == b"PK":
-                if not zipfile.is_zipfile(fh):
-                    raise InputError(f"{path} is a damaged or truncated .npz (zip) archive")
-                fh.seek(0)
-                with zipfile.ZipFile(fh) as z:
-                    infos = z.infolist()
-                    names = [i.filename for i in infos]
-                    if not names:
-                        raise InputError(f"{path} is an empty .npz archive; expected the input sequences in it")
-                    if not all(n.endswith(".npy") for n in names):
-                        what_is = "a PyTorch checkpoint" if any(n.endswith("data.pkl") for n in names) else "not an .npz"
-                        raise InputError(f"{path} is a zip archive but {what_is}; the input must be .npy or .npz sequences")
-                    return {i.filename[:-4]: npz_member(path, z, i, f"{path.name}[{i.filename[:-4]}]", InputError)
-                            for i in infos}
-            if magic != b"\x93NUMPY":
-                kind = "a Python pickle" if magic[:1] == b"\x80" else "no NumPy header"
-                raise InputError(f"{path} is not a .npy/.npz file ({kind}); save arrays with np.save or np.savez")
-        return open_npy(path, str(path), InputError)
+        found = sn.sniff(path)
+        if found.format == sn.NPY:
+            return open_npy(path, str(path), InputError)
+        if found.format == sn.NPZ:
+            with zipfile.ZipFile(path) as z:
+                return {i.filename[:-4]: npz_member(path, z, i, f"{path.name}[{i.filename[:-4]}]", InputError)
+                        for i in z.infolist()}
+        if found.format == sn.DAMAGED_ZIP:
+            raise InputError(f"{path} is a damaged or truncated .npz (zip) archive")
+        if found.format == sn.UNKNOWN_ZIP:
+            with zipfile.ZipFile(path) as z:
+                if not z.namelist():
+                    raise InputError(f"{path} is an empty .npz archive; expected the input sequences in it")
+            raise InputError(f"{path} is a zip archive but not an .npz; the input must be .npy or .npz sequences")
+        if found.format in sn.CHECKPOINT_FORMATS or found.format in (sn.TORCHSCRIPT, sn.SNAPSHOT):
+            raise InputError(f"{path} is {found.description}, not input sequences; the input must be .npy or .npz "
+                             "sequences (a checkpoint goes in the CHECKPOINT argument)")
+        raise InputError(f"{path} is not a .npy/.npz file ({found.description}, no NumPy header); save arrays with "
+                         "np.save or np.savez")
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as e:

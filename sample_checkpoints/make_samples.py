@@ -2,11 +2,17 @@
 
     python sample_checkpoints/make_samples.py
 
-Every file is a function of the seeds below; running this twice gives byte-identical files.
+Every file is a function of the seeds below; running this twice gives byte-identical files. The Keras
+sample needs Keras 3 (the dev extra; it runs on the torch backend, no TensorFlow); lstmscope reading it
+needs neither.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +65,52 @@ def main() -> None:
              lengths=np.array([10, 7, 3, 1], dtype=np.int64))
     np.save(HERE / "varlen_lengths.npy", np.array([10, 7, 3, 1], dtype=np.int64))
     np.save(HERE / "tagger_input.npy", rng.standard_normal((2, 6, 8)).astype(np.float32))
+    keras_sample()
+
+
+def keras_sample() -> None:
+    """forecaster.keras: a Keras 3 model, Input(None, 4) -> LSTM(6, return_sequences) -> Dropout -> LSTM(6) -> Dense(1).
+    The two LSTMs are one stacked module (encoder+decoder) in lstmscope's terms. Keras stamps the save date
+    and zip times, and Python object ids, into the file; they are fixed here so the bytes depend on the seed alone."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((None, 4)),
+        keras.layers.LSTM(6, return_sequences=True, name="encoder"),
+        keras.layers.Dropout(0.1, name="dropout"),
+        keras.layers.LSTM(6, name="decoder"),
+        keras.layers.Dense(1, name="head"),
+    ], name="forecaster")
+    buf = HERE / "forecaster.keras"
+    model.save(buf)
+    members = {}
+    with zipfile.ZipFile(buf) as z:
+        for name in z.namelist():
+            members[name] = z.read(name)
+    members["config.json"] = json.dumps(_renumber(json.loads(members["config.json"]))).encode()
+    meta = json.loads(members["metadata.json"])
+    meta["date_saved"] = "2026-01-01@00:00:00"
+    members["metadata.json"] = json.dumps(meta, sort_keys=True).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, members[name])
+    buf.write_bytes(out.getvalue())
+
+
+def _renumber(obj, ids=None):
+    """Keras writes Python object ids as shared_object_id: number them 1, 2, ... in order of appearance."""
+    ids = {} if ids is None else ids
+    if isinstance(obj, dict):
+        return {k: (ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else _renumber(v, ids))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renumber(v, ids) for v in obj]
+    return obj
 
 
 if __name__ == "__main__":

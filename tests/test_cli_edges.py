@@ -30,7 +30,7 @@ def _x(tmp_path, shape=(2, 5, 3)):
 def test_checkpoint_given_as_input_is_bad_input(invoke, tmp_path):
     _, ck = _lstm_file(tmp_path)
     line = assert_one_error_line(invoke("run", ck, ck), ck)
-    assert "zip archive" in line and "PyTorch checkpoint" in line
+    assert "PyTorch checkpoint" in line and "CHECKPOINT argument" in line
 
 
 def test_gru_only_file_says_gru(invoke, tmp_path):

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from lstmscope.errors import CheckpointError
+from lstmscope.errors import CheckpointError, UsageError
 from lstmscope.spec import LSTMSpec
 
 @dataclass(frozen=True)
@@ -84,6 +84,20 @@ class Checkpoint:
                 raise
             raise CheckpointError(f"{e.message}; the file also asked to run code ({', '.join(self.refused_calls)}), "
                                   "which lstmscope refused") from None
+
+    def with_cell(self, module: LSTMModule, *, activation: str | None = None,
+                  recurrent_activation: str | None = None) -> LSTMModule:
+        """``module`` with its cell's activations named by the user (``--activation``, ``--recurrent-activation``):
+        for Keras modules, whose weights-only files carry no config. Names are Keras's."""
+        if activation is None and recurrent_activation is None:
+            return module
+        if module.spec.framework != "keras":
+            raise UsageError("--activation and --recurrent-activation apply to Keras modules (a weights-only file "
+                             f"has no config); '{module.display_name}' is a PyTorch module, whose cell is nn.LSTM's")
+        from lstmscope.readers.keras import with_activations
+
+        return with_activations(module, activation=activation, recurrent_activation=recurrent_activation,
+                                keras_version=self.framework_version)
 
     def reading_note(self) -> str | None:
         """One line for stderr when the file was read without running code from it, else None."""
