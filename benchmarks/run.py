@@ -454,6 +454,55 @@ def fig_threads(ctx: Ctx) -> list[Row]:
     return rows
 
 
+def fig_stepwise_vs_fused(ctx: Ctx) -> list[Row]:
+    import torch
+    from lstmscope.engine.stepwise import StepwiseLSTM
+    from lstmscope.spec import KERAS2_HARD_SIGMOID
+
+    cfg, steps, lstm, params, x_np = _big_in_process(ctx)
+    x = torch.from_numpy(x_np)  # (batch, time, features)
+
+    def stepwise(**kw) -> StepwiseLSTM:
+        m = StepwiseLSTM(cfg.input_size, cfg.hidden_size, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
+                         batch_first=True, **kw)
+        m.load_state_dict(params)
+        return m
+
+    def forward(module: torch.nn.Module) -> Callable[[], float]:
+        def run() -> None:
+            with torch.inference_mode():
+                module(x)
+        return timed(run)
+
+    standard, keras = stepwise(), stepwise(gate_activation=KERAS2_HARD_SIGMOID)
+    rows = []
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        what = f"StepwiseLSTM / nn.LSTM forward, standard cell, {threads} thread(s) each"
+        if threads > usable_cores():
+            rows.append(Row("stepwise_vs_fused", what, "", "", None, ("<=", 2.5), skipped=f"only {usable_cores()} usable core"))
+            continue
+        variants = {"stepwise": forward(standard), "fused": forward(lstm)}
+        if threads == 1:  # context: a Keras cell (hard_sigmoid gates), which only the stepwise engine runs
+            variants["keras"] = forward(keras)
+        torch.set_num_threads(threads)
+        try:
+            got = interleave(variants, ctx.rounds(5), ctx.warmup)
+        finally:
+            torch.set_num_threads(before)
+        med = {k: fmt_s(statistics.median(v)) for k, v in got.items()}
+        rows.append(Row("stepwise_vs_fused", what, med["stepwise"], med["fused"],
+                        median_ratio(got["stepwise"], got["fused"]), ("<=", 2.5)))
+        if "keras" in got:
+            rows.append(Row("stepwise_vs_fused", "StepwiseLSTM with hard_sigmoid(0.2, 0.5) gates / nn.LSTM, 1 thread "
+                                                 "(context)", med["keras"], med["fused"],
+                            median_ratio(got["keras"], got["fused"]), None))
+    ctx.note("stepwise_vs_fused", f"in process, the run_vs_bare model (T={steps}), float32, batch_first, same thread "
+                                  "count on both sides (torch.set_num_threads); nn.LSTM is torch's fused kernel, "
+                                  "StepwiseLSTM (engine/stepwise.py) a Python loop over time steps.")
+    return rows
+
+
 def _small_stream_files(ctx: Ctx, name: str, long_steps: int, short_steps: int):
     d = ctx.workdir(name)
     ckpt, long_x, short_x = d / "lstm.pt", d / f"x{long_steps}.npy", d / f"x{short_steps}.npy"
@@ -592,6 +641,7 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "all_layers": fig_all_layers,
     "gflops": fig_gflops,
     "threads": fig_threads,
+    "stepwise_vs_fused": fig_stepwise_vs_fused,
     "rss": fig_rss,
     "throughput": fig_throughput,
     "diff_big": fig_diff_big,

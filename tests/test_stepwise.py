@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmscope.engine import stepwise
@@ -120,6 +122,32 @@ def test_blocks_and_lengths_match_reference(monkeypatch, block_steps, lengths):
     np.testing.assert_allclose(out.numpy(), want_out, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(h_n.numpy(), want_h, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(c_n.numpy(), want_c, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60)
+@given(data=st.data(), num_layers=st.integers(1, 3), bidirectional=st.booleans(), proj=st.booleans(),
+       bias=st.booleans(), batch_first=st.booleans(), batch=st.integers(1, 5), steps=st.integers(1, 6),
+       with_hx=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_configurations_equal_nn_lstm(data, num_layers, bidirectional, proj, bias, batch_first, batch, steps,
+                                             with_hx, seed):
+    """Any shape of stack and batch, packed with any lengths (ties, all equal, length 1, batch of 1), float64."""
+    torch.manual_seed(seed)
+    proj_size = 2 if proj else 0
+    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size, bias=bias,
+                        batch_first=batch_first).double()
+    m = stepwise_like(ref)
+    lengths = data.draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch))
+    x = torch.randn((batch, steps, I) if batch_first else (steps, batch, I), dtype=torch.float64)
+    d = 2 if bidirectional else 1
+    hx = (torch.randn(num_layers * d, batch, proj_size or H, dtype=torch.float64),
+          torch.randn(num_layers * d, batch, H, dtype=torch.float64)) if with_hx else None
+    for inp in (x, pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)):
+        want_out, (want_h, want_c) = run_ref(ref, inp, hx)
+        out, (h_n, c_n) = m(inp, hx)
+        packed = not isinstance(inp, torch.Tensor)
+        close(out.data if packed else out, want_out.data if packed else want_out, 1e-12, f"output, packed {packed}")
+        close(h_n, want_h, 1e-12, f"h_n, packed {packed}")
+        close(c_n, want_c, 1e-12, f"c_n, packed {packed}")
 
 
 def test_chunks_carry_state():
