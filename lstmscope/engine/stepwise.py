@@ -27,9 +27,10 @@ Everything runs in the parameters' dtype under ``torch.inference_mode()``: the r
 inference tensors (read them, copy them, hand them back in; do not backpropagate through them).
 
 Speed (benchmarks/run.py --only stepwise_vs_fused: I=64, H=256, 2 layers, bidirectional, B=32, T=500,
-float32): about 1.3-1.5x the time of the fused nn.LSTM at one thread and 1.7-1.9x at two (this 2-core
-machine). Nearly all of it is the two matmuls; torch.tanh alone is a tenth. Tiny models pay the per-step
-Python and dispatch cost instead (H=64, B=1: about 10 us a step against nn.LSTM's 2-3 us).
+float32), on a 2-core machine: about 1.3x the time of the fused nn.LSTM at one thread, 1.8-1.9x at two
+(up to 2.1x while other processes held the cores). About 80% of the time is the two matmuls, a tenth
+torch.tanh. Tiny models pay the per-step Python and dispatch cost instead (H=64, B=1: about 10 us a step
+against nn.LSTM's 2-3 us).
 """
 
 from __future__ import annotations

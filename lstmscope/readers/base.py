@@ -147,6 +147,8 @@ def select_module(modules: list[LSTMModule], wanted: str | None, source: str,
     """The module named by ``--module`` (a listed module, or one layer of a stacked chain; a trailing dot is
     ignored), or the only one."""
     if not modules:
+        if no_lstm_hint:  # the reader's own words, in its format's terms
+            raise CheckpointError(f"{source} holds no LSTM: {no_lstm_hint}")
         if other_recurrent:
             names = ", ".join(repr(p) for p in other_recurrent)
             raise CheckpointError(f"{source} holds no LSTM: the recurrent weights under {names} have 3 gates or 1 "

@@ -91,15 +91,6 @@ def with_activations(module: LSTMModule, *, activation: str | None = None, recur
     return replace(module, spec=spec, notes=tuple(notes))
 
 
-class KerasCheckpoint(Checkpoint):
-    """A Checkpoint whose "holds no LSTM" error is said in Keras's terms (layer names and classes)."""
-
-    def module(self, wanted: str | None) -> LSTMModule:
-        if not self.modules:
-            raise CheckpointError(f"{self.path.name} holds no LSTM: {self.no_lstm_hint}")
-        return super().module(wanted)
-
-
 # --- the checkpoint, and reads in a child process -----------------------------------------------------
 
 def _checkpoint(path: Path, fmt: str, found: _Listing) -> Checkpoint:
@@ -114,7 +105,7 @@ def _checkpoint(path: Path, fmt: str, found: _Listing) -> Checkpoint:
 
     hint = "; ".join(found.why_not) or ("no weights shaped like an LSTM's" if found.kind in (WEIGHTS_H5, KERAS3_WEIGHTS_H5)
                                         else "no LSTM layer in its config")
-    return KerasCheckpoint(path=path, format=found.kind, sha256=file_sha256(path), tensors=found.tensors,
+    return Checkpoint(path=path, format=found.kind, sha256=file_sha256(path), tensors=found.tensors,
                            modules=[m for m, _ in modules], _parameters=parameters, other_recurrent=found.others,
                            notes=found.notes, no_lstm_hint=hint, framework_version=found.version,
                            single_layers=[m for m, _ in singles])
