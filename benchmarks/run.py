@@ -290,6 +290,18 @@ def fig_help(ctx: Ctx) -> list[Row]:
                 fmt_s(statistics.median(got["numpy"])), median_ratio(got["help"], got["numpy"]), ("<=", 1.5))]
 
 
+def fig_inspect_keras(ctx: Ctx) -> list[Row]:
+    """inspect on the shipped Keras 3 sample: torch-free (h5py only), so it starts near numpy's own time."""
+    ls = lstmscope_cmd()
+    sample = str(Path(__file__).resolve().parent.parent / "sample_checkpoints" / "forecaster.keras")
+    got = interleave({"inspect": lambda: measure([*ls, "inspect", sample, "--json"]).wall,
+                      "numpy": lambda: measure([sys.executable, "-c", "import numpy"]).wall},
+                     ctx.rounds(10), ctx.warmup)
+    return [Row("inspect_keras", "`lstmscope inspect forecaster.keras --json` / `python -c \"import numpy\"`",
+                fmt_s(statistics.median(got["inspect"])), fmt_s(statistics.median(got["numpy"])),
+                median_ratio(got["inspect"], got["numpy"]), ("<=", 3.0))]
+
+
 def fig_run_vs_bare(ctx: Ctx) -> list[Row]:
     d = ctx.workdir("run_vs_bare")
     cfg = BIG
@@ -637,6 +649,7 @@ def _make_pair_fallback(directory: Path, nbytes: int):
 FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "diff_small": fig_diff_small,
     "help": fig_help,
+    "inspect_keras": fig_inspect_keras,
     "run_vs_bare": fig_run_vs_bare,
     "all_layers": fig_all_layers,
     "gflops": fig_gflops,
