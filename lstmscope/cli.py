@@ -272,7 +272,7 @@ def export_state(
 @app.command("import-state")
 @guarded
 def import_state(
-    file: Annotated[Path, typer.Argument(help="A state file lstmscope did not write: safetensors/.npz with h_n/c_n (or h0/c0), or a torch file with an (h, c) tuple.", show_default=False)],
+    file: Annotated[Path, typer.Argument(help="A state file lstmscope did not write: safetensors/.npz with h_n/c_n (or h0/c0), Keras's h and c (or h_f, c_f, h_b, c_b), or a torch file with an (h, c) tuple.", show_default=False)],
     output: OutOpt,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The checkpoint the state belongs to (for metadata and shape checks).", show_default=False)],
     module: ModuleOpt = None,
@@ -308,8 +308,8 @@ def import_state(
         sys.stdout.write(dumps({"schema": "lstmscope.import/1", "path": str(output), "sha256": file_sha256(output),
                                 "source": str(file), "source_kind": state.kind, "metadata": meta}) + "\n")
     else:
-        _stdout().print(f"Wrote {output} from {file} ({state.kind}): h_n {tuple(h0.shape)}, c_n {tuple(c0.shape)}, "
-                        f"module {mod.display_name}")
+        held = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state_tensors(mod.spec, h0, c0, kind).items())
+        _stdout().print(f"Wrote {output} from {file} ({state.kind}): {held}, module {mod.display_name}")
 
 
 @app.command("diff-states")

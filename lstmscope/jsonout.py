@@ -77,7 +77,7 @@ def states_fields(view: StateView) -> dict:
                     "index": r.index, "h_label": view.state_label(r, "h"), "c_label": view.state_label(r, "c"),
                     "h_n": _stats(r.h_n), "c_n": _stats(r.c_n)} for r in view.rows],
         "checks": [{"layer": c.layer, "direction": c.direction, "output_time_index": c.output_time_index,
-                    "output_columns": list(c.columns), "output_position": view.output_position(c.direction),
+                    "output_columns": list(c.columns), "output_position": view.output_position(c.direction, layer=c.layer),
                     "max_abs_diff": c.max_abs_diff, "ok": c.ok}
                    for c in view.checks],
     }
@@ -151,7 +151,8 @@ def state_document(state, view: StateView) -> dict:
         "path": str(state.path),
         "kind": state.kind,
         "metadata": state.meta,
-        "shapes": {k: list(v.shape) for k, v in state.tensors().items()},
+        "shapes": {k: list(v) for k, v in state.stored.items()} if state.stored else
+        {k: list(v.shape) for k, v in state.tensors().items()},  # as the file names and holds them
         **states_fields(view),
         "ok": view.all_ok,
     }

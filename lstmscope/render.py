@@ -191,7 +191,7 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
                           Text("-", style="dim"), Text("-", style="dim"))
             continue
         mark = Text("ok", style=OK_STYLE) if c.ok else Text("MISMATCH", style=BAD_STYLE)
-        table.add_row(layer, DIR_SHORT[r.direction], sl, Text(view.output_position(r.direction)), _num(c.max_abs_diff, ".1e"), mark)
+        table.add_row(layer, DIR_SHORT[r.direction], sl, Text(view.output_position(r.direction, layer=r.layer)), _num(c.max_abs_diff, ".1e"), mark)
     console.print(table)
     notes = []
     if view.checks and len(set(view.last_steps.tolist())) > 1:
@@ -298,7 +298,8 @@ def render_export(console: Console, outcome, path, meta: dict, size: int) -> Non
     """The short summary ``export-state`` prints: norms per layer/direction and where the file went."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold",
                   title=f"Snapshot of module {outcome.module.display_name}")
-    for name in ("layer", "dir", "i", "norm h_n", "norm c_n"):
+    keras = outcome.view.keras
+    for name in ("layer", "dir", "i", "norm h" if keras else "norm h_n", "norm c" if keras else "norm c_n"):
         table.add_column(name, justify="left" if name == "dir" else "right")
     for r in outcome.view.rows:
         table.add_row(str(r.layer), DIR_SHORT[r.direction], str(r.index), _num(r.h_n.norm), _num(r.c_n.norm))
@@ -321,9 +322,12 @@ def render_state(console: Console, state, view: StateView) -> None:
     grid.add_row("State", Text.assemble(str(state.path), (f"  ({state.kind})", "dim")))
     m = state.meta or {}
     if m:
-        spec_line = (f"{m['num_layers']} layer{'s' if m['num_layers'] != 1 else ''} x {m['num_directions']} "
-                     f"direction{'s' if m['num_directions'] != 1 else ''}, hidden {m['hidden_size']}, "
-                     f"proj {m['proj_size']}, input {m['input_size']}, batch {m['batch_size']}, {m['dtype']}")
+        if view.keras:  # the module's spec is in the metadata: say it as inspect does, in Keras's terms
+            spec_line = f"{describe_spec(view.spec)}; batch {m['batch_size']}, ran in {m['dtype']}"
+        else:
+            spec_line = (f"{m['num_layers']} layer{'s' if m['num_layers'] != 1 else ''} x {m['num_directions']} "
+                         f"direction{'s' if m['num_directions'] != 1 else ''}, hidden {m['hidden_size']}, "
+                         f"proj {m['proj_size']}, input {m['input_size']}, batch {m['batch_size']}, {m['dtype']}")
         grid.add_row("Model", Text(f"{m['module'] or '(top level)'}: {spec_line}"))
         for k in sorted(k for k in m if k.endswith("sha256")):
             grid.add_row("", Text(f"{k}: {m[k][:16] + '...' if m[k] else '-'}", style="dim"))

@@ -91,10 +91,12 @@ class StateView:
             return [self.time, self.batch, width]
         return [self.batch, self.time, width]
 
-    def output_position(self, direction: str, b: int | None = None, units: tuple[int, int] | None = None) -> str:
+    def output_position(self, direction: str, b: int | None = None, units: tuple[int, int] | None = None,
+                        layer: int | None = None) -> str:
         """Where h_n[layer, direction] lives in that layer's output, as an indexing expression in the
         input's layout: ``output[b, len[b]-1, 0:H]`` forward, ``output[b, 0, H:2H]`` backward.
-        With ``b`` given, for that one sequence."""
+        With ``b`` given, for that one sequence. For a Keras layer below the last, whose own y is meant,
+        the expression is prefixed with the layer's name (``encoder: y[b, 9, 0:6]``)."""
         p = self.spec.output_size
         d = DIRECTIONS.index(direction)
         lo, hi = units or (0, p)
@@ -109,6 +111,8 @@ class StateView:
             t = "len[b]-1"
         bs = "0" if self.layout == "single" else "b" if b is None else str(b)
         name = self.output_name
+        if self.keras and layer is not None and layer != self.spec.num_layers - 1:
+            name = f"{self.layer_name(layer)}: y"
         if self.layout == "time_major":
             return f"{name}[{t}, {bs}, {cols}]"
         return f"{name}[{bs}, {t}, {cols}]"
@@ -223,7 +227,7 @@ def build_view(
                              f"{'s' if batch != 1 else ''} ({-batch}..{batch - 1}, negative counts from the end)")
         b %= batch
         view.value_batch = b
-        lo, hi = parse_units(units, spec.hidden_size)
+        lo, hi = parse_units(units, spec.hidden_size, "units" if spec.framework == "keras" else "hidden_size")
         for row in view.rows:
             out = layer_outputs.get(row.layer)
             di = DIRECTIONS.index(row.direction)
@@ -234,12 +238,13 @@ def build_view(
             if out is not None:
                 row_at = out.at_last[b] if di == 0 else out.at_first[b]
                 ov = [float(row_at[di * p + u]) if u < p else None for u in us]
-                pos = view.output_position(row.direction, b, units=(lo, min(hi, p)) if lo < p else (0, 0))
+                pos = view.output_position(row.direction, b, units=(lo, min(hi, p)) if lo < p else (0, 0),
+                                           layer=row.layer)
             view.values.append(ValueRow(row.layer, row.direction, us, hv, cv, ov, pos))
     return view
 
 
-def parse_units(text: str | None, width: int) -> tuple[int, int]:
+def parse_units(text: str | None, width: int, width_name: str = "hidden_size") -> tuple[int, int]:
     """'a:b' (Python slice, b exclusive), 'a' (one unit) or None (the first 8) -> (start, stop)."""
     if text is None:
         return 0, min(8, width)
@@ -256,5 +261,5 @@ def parse_units(text: str | None, width: int) -> tuple[int, int]:
     if lo >= hi:
         raise UsageError(f"--units {text} is empty: START must be less than STOP, e.g. --units {min(lo, hi)}:{max(lo, hi) + (lo == hi)}")
     if lo < 0 or hi > width:
-        raise UsageError(f"--units {text} is outside 0:{width} (hidden_size is {width}); use START:STOP within it")
+        raise UsageError(f"--units {text} is outside 0:{width} ({width_name} is {width}); use START:STOP within it")
     return lo, hi

@@ -16,7 +16,7 @@ import json
 import os
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class StateFile:
     meta: dict[str, Any] | None
     kind: str  # "lstmscope snapshot v1", "safetensors", "npz", "torch"
     extra: dict[str, np.ndarray | DiskArray]  # any other tensors in the file (lazy from safetensors)
+    layout: str = "torch"  # how the file stores h and c: "torch" (h_n, c_n) or "keras" (per layer h, c)
+    stored: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every tensor as the file names it, its shape
 
     def tensors(self) -> dict[str, np.ndarray | DiskArray]:
         out = {"h_n": self.h_n, "c_n": self.c_n}
@@ -229,7 +231,7 @@ def _sniff(path: Path) -> str:
             sn.TORCH_LEGACY: "torch"}.get(found.format)
     if kind is not None:
         return kind
-    expected = "expected a state file (.safetensors or .npz with h_n and c_n)"
+    expected = "expected a state file (.safetensors or .npz with h_n and c_n, or Keras's h and c)"
     if found.format == sn.DAMAGED_ZIP:
         raise StateError(f"{path} is {found.description}{f' ({found.detail})' if found.detail else ''}; {expected}")
     if found.format == sn.UNKNOWN_ZIP:
@@ -356,8 +358,11 @@ def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> None:
 
 
 def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> StateFile:
+    stored = {k: tuple(np.shape(v)) for k, v in arrays.items()}
+    layout = "torch"
     if "h_n" not in arrays and "h0" not in arrays:
         _from_keras_layout(path, arrays, meta)
+        layout = "keras" if "h_n" in arrays else "torch"
     for h_key, c_key in STATE_NAMES:
         if h_key in arrays and c_key in arrays:
             break
@@ -384,7 +389,7 @@ def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> Sta
             raise StateError(f"{path}: lengths must be a 1-D array of whole numbers >= 1, found {lengths.dtype} "
                              f"{tuple(lengths.shape)}")
         lengths = lengths.astype(np.int64)
-    return StateFile(path, h, c, output, lengths, meta, kind, arrays)
+    return StateFile(path, h, c, output, lengths, meta, kind, arrays, layout, stored)
 
 
 def fit_state(state: StateFile, module: str, spec: LSTMSpec, batch: int, *, broadcast: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -393,18 +398,29 @@ def fit_state(state: StateFile, module: str, spec: LSTMSpec, batch: int, *, broa
     ld = spec.num_layers * spec.num_directions
     p, hdim = spec.output_size, spec.hidden_size
     m = state.meta or {}
+    keras = state.layout == "keras" or spec.framework == "keras"  # say it in Keras's terms
+    width_name = "units" if spec.framework == "keras" else "proj_size" if spec.proj_size else "hidden_size"
     for field_name, want in (("num_layers", spec.num_layers), ("num_directions", spec.num_directions),
                              ("hidden_size", hdim), ("proj_size", spec.proj_size), ("input_size", spec.input_size)):
         if field_name in m and m[field_name] != want:
             problems.append(f"{field_name} is {m[field_name]}, the model has {want}")
     if state.h_n.shape[0] != ld:
-        problems.append(f"h_n has {state.h_n.shape[0]} layer*direction slices, the model needs {ld} "
-                        f"({spec.num_layers} layers x {spec.num_directions} directions)")
+        have = state.h_n.shape[0]
+        if keras:
+            problems.append(f"the state holds {have} [h, c] pair{'s' if have != 1 else ''}, the module needs {ld} "
+                            f"({_count(spec.num_layers, 'layer')} x {_count(spec.num_directions, 'direction')})")
+            if have == spec.num_directions and spec.num_layers > 1 and spec.names:
+                problems.append("a one-layer state seeds one layer: pass --module "
+                                + " or --module ".join(spec.names))
+        else:
+            problems.append(f"h_n has {have} layer*direction slices, the model needs {ld} "
+                            f"({_count(spec.num_layers, 'layer')} x {_count(spec.num_directions, 'direction')})")
+    h_name, c_name = ("h", "c") if keras else ("h_n", "c_n")
     if state.h_n.shape[2] != p:
-        problems.append(f"h_n is {state.h_n.shape[2]} wide, the model needs {p} "
-                        f"({'proj_size' if spec.proj_size else 'hidden_size'})")
+        problems.append(f"{h_name} is {state.h_n.shape[2]} wide, the model needs {p} ({width_name})")
     if state.c_n.shape[2] != hdim:
-        problems.append(f"c_n is {state.c_n.shape[2]} wide, the model needs hidden_size {hdim}")
+        problems.append(f"{c_name} is {state.c_n.shape[2]} wide, the model needs "
+                        f"{'units' if spec.framework == 'keras' else 'hidden_size'} {hdim}")
     sb = state.h_n.shape[1]
     if sb != batch and not (sb == 1 and broadcast):
         hint = " (pass --broadcast-state to use one state for every sequence)" if sb == 1 else ""
@@ -421,6 +437,10 @@ def fit_state(state: StateFile, module: str, spec: LSTMSpec, batch: int, *, broa
         h0 = np.broadcast_to(h0, (ld, batch, p))
         c0 = np.broadcast_to(c0, (ld, batch, hdim))
     return h0, c0
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def spec_from_state(state: StateFile, num_directions: int | None = None) -> LSTMSpec:

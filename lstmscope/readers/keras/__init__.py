@@ -85,9 +85,13 @@ def with_activations(module: LSTMModule, *, activation: str | None = None, recur
         if act is None:
             raise UsageError(f"{option} {value!r} is not an activation lstmscope runs; choose one of: "
                              f"{_KNOWN_ACTIVATIONS}")
+        assumed = [n for n in notes if n.startswith(f"{NO_CONFIG}{keras_name} ")]
+        was = getattr(spec, field_name)
         spec = replace(spec, **{field_name: act})
-        notes = [n for n in notes if not n.startswith(f"{NO_CONFIG}{keras_name} ")]
-        notes.append(f"{keras_name} {act} (from {option})")
+        notes = [n for n in notes if n not in assumed]
+        source = "a default" if assumed else "the file's config"
+        notes.append(f"{keras_name} {act} (from {option}; {source} says {was})" if act != was
+                     else f"{keras_name} {act} (from {option}; the same as {source})")
     return replace(module, spec=spec, notes=tuple(notes))
 
 
