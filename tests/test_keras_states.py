@@ -225,3 +225,23 @@ def test_streamed_equals_whole(keras, invoke, tmp_path, case, lengths):
             y, h, c = _keras_says(keras, layer, x[b:b + 1, :n])
             np.testing.assert_allclose(whole["output"][b, :n], y[0], atol=TOL, rtol=0)
             np.testing.assert_allclose(whole["gb/h"][b], h[0], atol=TOL, rtol=0)
+
+
+def test_one_layer_state_on_a_stack_says_which_module(invoke, tmp_path):
+    """A Keras user's one-layer [h, c] given to the two-layer sample: the error speaks Keras and names the layers."""
+    from helpers import assert_one_error_line
+
+    np.save(tmp_path / "x.npy", np.load(SAMPLE.parent / "batch.npy"))
+    state = tmp_path / "hc.npz"
+    np.savez(state, h=np.zeros((3, 6), np.float32), c=np.zeros((3, 6), np.float32))
+    line = assert_one_error_line(invoke("run", SAMPLE, tmp_path / "x.npy", "--initial-state", state), state,
+                                 "1 [h, c] pair", "2 layers x 1 direction", "--module encoder or --module decoder")
+    assert "h_n" not in line
+
+
+def test_show_state_lists_tensors_as_stored(invoke, tmp_path):
+    x = np.load(SAMPLE.parent / "batch.npy")
+    _export(invoke, SAMPLE, x, tmp_path)
+    doc = json.loads(invoke("show-state", tmp_path / "s.safetensors", "--json").stdout)
+    assert doc["shapes"] == {"encoder/h": [3, 6], "encoder/c": [3, 6], "decoder/h": [3, 6], "decoder/c": [3, 6],
+                             "output": [3, 10, 6]}
