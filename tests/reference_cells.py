@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-__all__ = ["activation", "lstm_reference_cells"]
+__all__ = ["activation", "lstm_reference_cells", "lstm_reference_trace"]
 
 SELU_ALPHA = 1.67326324
 SELU_SCALE = 1.05070098
@@ -127,3 +127,50 @@ def lstm_reference_cells(params: dict, x, *, num_layers: int, bidirectional: boo
         inp = np.concatenate(outs, axis=2)
         layer_outputs.append(inp)
     return inp.copy(), h_n, c_n, layer_outputs
+
+
+def lstm_reference_trace(params: dict, x, *, num_layers: int, bidirectional: bool, proj_size: int = 0,
+                         lengths=None, h0=None, c0=None, gate_activation="sigmoid", cell_activation="tanh"):
+    """Every step of every layer and direction, from the equations above (the same arguments and
+    conventions as ``lstm_reference_cells``).
+
+    Returns ``{(layer, direction, quantity): (B, T, width)}`` float64 for quantity in h, c, i, f, g, o (gates
+    after their activations; h of width proj_size when projected, else H), in input-time order: step t is
+    the state after reading x[t], for the backward direction (1) too. Steps t >= lengths[b] are NaN."""
+    gate, cell = _as_fn(gate_activation), _as_fn(cell_activation)
+    x = np.asarray(x, dtype=np.float64)
+    B, T, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = _f64(params["weight_hh_l0"]).shape[0] // 4
+    P = proj_size or H
+    lens = np.full(B, T) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(B)
+    h0 = np.zeros((num_layers * D, B, P)) if h0 is None else _f64(h0)
+    c0 = np.zeros((num_layers * D, B, H)) if c0 is None else _f64(c0)
+    trace = {}
+    inp = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w_ih, w_hh = _f64(params["weight_ih" + sfx]), _f64(params["weight_hh" + sfx])
+            b = sum((_f64(params[n]) for n in ("bias_ih" + sfx, "bias_hh" + sfx) if n in params), np.zeros(4 * H))
+            w_hr = _f64(params["weight_hr" + sfx]) if proj_size else None
+            k = layer * D + d
+            rec = {q: np.full((B, T, P if q == "h" else H), np.nan) for q in "hcifgo"}
+            for bi in range(B):
+                h, c = h0[k, bi].copy(), c0[k, bi].copy()
+                n = int(lens[bi])
+                for t in (range(n) if d == 0 else range(n - 1, -1, -1)):
+                    z = w_ih @ inp[bi, t] + w_hh @ h + b
+                    i, f, g, o = gate(z[:H]), gate(z[H:2 * H]), cell(z[2 * H:3 * H]), gate(z[3 * H:])
+                    c = f * c + i * g
+                    h = o * cell(c)
+                    if w_hr is not None:
+                        h = w_hr @ h
+                    for q, v in zip("hcifgo", (h, c, i, f, g, o)):
+                        rec[q][bi, t] = v
+            for q, v in rec.items():
+                trace[(layer, d, q)] = v
+            outs.append(rec["h"])  # the next layer reads each sequence's own steps only
+        inp = np.concatenate(outs, axis=2)
+    return trace

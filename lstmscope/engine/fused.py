@@ -52,14 +52,15 @@ def engine_name(spec: LSTMSpec) -> str:
 
 
 def build_lstm(spec: LSTMSpec, params: dict[str, np.ndarray], dtype: torch.dtype, device: str = "cpu",
-               *, num_layers: int | None = None, input_size: int | None = None, batch_first: bool = True) -> nn.LSTM:
-    """An ``nn.LSTM`` (or, for a cell it cannot compute, a StepwiseLSTM) made on the meta device and given ``params`` (numpy, canonical layout) without a
+               *, num_layers: int | None = None, input_size: int | None = None, batch_first: bool = True,
+               stepwise: bool = False) -> nn.LSTM:
+    """An ``nn.LSTM`` (or, for a cell it cannot compute or with ``stepwise``, a StepwiseLSTM) made on the meta device and given ``params`` (numpy, canonical layout) without a
     second copy where dtype and device allow (``assign=True``): no random initialisation."""
     shape = dict(input_size=input_size or spec.input_size, hidden_size=spec.hidden_size,
                  num_layers=num_layers or spec.num_layers, bias=spec.bias, batch_first=batch_first,
                  bidirectional=spec.bidirectional, proj_size=spec.proj_size)
     with torch.device("meta"):
-        if spec.standard_cell:  # the fused kernel: every cell it computes exactly
+        if spec.standard_cell and not stepwise:  # the fused kernel: every cell it computes exactly
             lstm = nn.LSTM(**shape)
         else:  # any other activation: the same calling convention, one time step at a time
             from lstmscope.engine.stepwise import StepwiseLSTM

@@ -20,6 +20,14 @@ How it runs, for each layer (both directions of a layer run together, stacked on
   and its rows that have not started are reset to (h0, c0) when they do (backward). Full-length batches
   pay for none of this.
 
+Per-step capture (``forward(..., capture=fn)``): after each block of steps, ``fn`` gets one
+:class:`StepBlock` per direction with that block's gates (after their activations), c and h, in input-time
+order and the batch's own row order, so a caller can stream a trace without holding it. The gates are
+read from the work buffer they are computed in, h from the layer's output; only c needs room of its own:
+with capture each step writes its c into a slot of a per-block buffer instead of over the last one. The
+step loop is the same code either way (without capture every slot is the one state tensor, updated in
+place), with no test or copy per step for it: the capture work is per block, and only when asked for.
+
 Gates are reordered once per call from nn.LSTM's (i, f, g, o) to (i, f, o, g), so the gate activation is
 one op over the first 3H columns and the cell activation one op over the last H.
 
@@ -36,6 +44,7 @@ against nn.LSTM's 2-3 us).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -114,6 +123,29 @@ ACTIVATIONS: dict[str, Callable[[float | None, float | None], ActFn]] = {
 }
 
 
+@dataclass(frozen=True)
+class StepBlock:
+    """One block of consecutive time steps of one layer and direction, as ``forward(..., capture=fn)`` hands
+    it to ``fn``. Tensors are time-major, (steps, batch, width), in input-time order: row ``s`` is time step
+    ``start + s``, and for the backward direction too it is the state after reading ``x[start + s]``. Batch
+    rows are in the input's own order (a PackedSequence's too). Steps past a sequence's length hold junk.
+
+    The tensors may be views of buffers the next block overwrites: copy what you keep, inside ``fn``."""
+
+    layer: int
+    direction: int  # 0 forward, 1 backward
+    start: int  # the input time step of the block's first row
+    i: torch.Tensor  # (steps, batch, hidden) input gate, after the gate activation
+    f: torch.Tensor  # (steps, batch, hidden) forget gate
+    g: torch.Tensor  # (steps, batch, hidden) candidate, after the cell activation
+    o: torch.Tensor  # (steps, batch, hidden) output gate
+    c: torch.Tensor  # (steps, batch, hidden) cell state c_t
+    h: torch.Tensor  # (steps, batch, proj_size or hidden) h_t (after the projection, if any)
+
+
+Capture = Callable[[StepBlock], None]
+
+
 def activation_fn(act: Activation) -> ActFn:
     """The (x, out) function computing ``act``; ValueError for an unknown name or a missing parameter."""
     if act.name not in ACTIVATIONS:
@@ -189,8 +221,9 @@ class StepwiseLSTM(nn.Module):
     # forward
 
     @torch.inference_mode()
-    def forward(self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """Like ``nn.LSTM.forward``.
+    def forward(self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+                *, capture: Capture | None = None):
+        """Like ``nn.LSTM.forward``, with an optional per-step capture.
 
         input: (time, batch, input_size), or (batch, time, input_size) with batch_first, or unbatched
             (time, input_size); or a PackedSequence (any ``enforce_sorted``).
@@ -199,6 +232,10 @@ class StepwiseLSTM(nn.Module):
         Returns (output, (h_n, c_n)): output (time, batch, num_directions * P) (batch-first with
         batch_first; a PackedSequence with the input's batch_sizes and indices for a packed input);
         h_n (num_layers * num_directions, batch, P); c_n (num_layers * num_directions, batch, hidden).
+        capture: called with a :class:`StepBlock` for each layer, block of steps and direction, as the
+            blocks are computed (layer by layer; within a layer, block by block, forward then backward;
+            the backward direction's blocks come last time steps first). For a packed input, time runs
+            to the longest sequence. None (the default) costs nothing.
         """
         packed = isinstance(input, PackedSequence)
         unbatched = False
@@ -226,7 +263,9 @@ class StepwiseLSTM(nn.Module):
         if packed and input.sorted_indices is not None:
             h0, c0 = h0.index_select(1, input.sorted_indices), c0.index_select(1, input.sorted_indices)
 
-        out, h_n, c_n = self._run(x, counts, h0, c0)  # (time, batch, D * P), (L * D, batch, P), (L * D, batch, H)
+        unsort = input.unsorted_indices if packed else None  # capture: packed order -> the batch's own
+        # (time, batch, D * P), (L * D, batch, P), (L * D, batch, H)
+        out, h_n, c_n = self._run(x, counts, h0, c0, capture, unsort)
 
         if packed:
             data = pack_padded_sequence(out, lengths).data
@@ -268,9 +307,11 @@ class StepwiseLSTM(nn.Module):
         w_hr_t = stack("weight_hr").transpose(1, 2) if self.proj_size else None  # (D, H, P)
         return w_ih, bias, w_hh_t, w_hr_t
 
-    def _run(self, x: torch.Tensor, counts: list[int] | None, h0: torch.Tensor, c0: torch.Tensor):
+    def _run(self, x: torch.Tensor, counts: list[int] | None, h0: torch.Tensor, c0: torch.Tensor,
+             capture: Capture | None = None, unsort: torch.Tensor | None = None):
         """Every layer over time-major ``x`` (time, batch, features). ``counts``: the running rows at each
-        step (a prefix of the batch; None: all). Returns output (time, batch, D * P), h_n, c_n."""
+        step (a prefix of the batch; None: all). ``capture``/``unsort``: see :meth:`_emitter`. Returns
+        output (time, batch, D * P), h_n, c_n."""
         d, (steps, batch, _) = self.num_directions, x.shape
         p, four_h = self.proj_size or self.hidden_size, 4 * self.hidden_size
         # Buffers shared by the layers. Outputs are zero-filled rather than left empty: their pages are then
@@ -284,7 +325,8 @@ class StepwiseLSTM(nn.Module):
         for layer in range(self.num_layers):
             y = ys[layer % len(ys)]  # one direction: the previous layer's y is this layer's input
             sl = slice(layer * d, (layer + 1) * d)
-            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], *self._layer_weights(layer), gates, y)
+            emit = None if capture is None else self._emitter(capture, layer, steps, unsort)
+            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], *self._layer_weights(layer), gates, y, emit)
             hs.append(h_n)
             cs.append(c_n)
             if d == 1:
@@ -295,10 +337,29 @@ class StepwiseLSTM(nn.Module):
                 x = joined  # (time, batch, 2 * P)
         return x, torch.cat(hs), torch.cat(cs)
 
-    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y):
+    def _emitter(self, capture: Capture, layer: int, steps: int, unsort: torch.Tensor | None):
+        """The per-block hand-over :meth:`_run_layer` calls with capture on: (s0, k, gates, cs, ys) in the
+        processing order and the packed row order (see there) to ``capture``'s StepBlocks in input-time
+        order and the batch's own rows (``unsort``: the packed input's unsorted_indices, or None)."""
+        h = self.hidden_size
+
+        def emit(s0: int, k: int, gates: torch.Tensor, cs: torch.Tensor, ys: torch.Tensor) -> None:
+            for j in range(gates.shape[0]):
+                g, c, hh, start = gates[j], cs[:, j], ys[j], s0  # (k, batch, 4H), (k, batch, H), (k, batch, P)
+                if j == 1:  # the backward direction ran these steps last time step first
+                    g, c, hh, start = g.flip(0), c.flip(0), hh.flip(0), steps - s0 - k
+                if unsort is not None:
+                    g, c, hh = g.index_select(1, unsort), c.index_select(1, unsort), hh.index_select(1, unsort)
+                capture(StepBlock(layer, j, start, i=g[..., :h], f=g[..., h:2 * h], g=g[..., 3 * h:],
+                                  o=g[..., 2 * h:3 * h], c=c, h=hh))
+        return emit
+
+    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y, emit=None):
         """One layer, both directions together. x (time, batch, in); h0 (D, batch, P); c0 (D, batch, H);
         weights as :meth:`_layer_weights` gives them; counts as in :meth:`_run`; gates (D, block, batch, 4H)
-        a work buffer.
+        a work buffer. ``emit``: None, or called after each block of k steps from s0 with that block's
+        gates (D, k, batch, 4H; i, f, o, g after their activations), c (k, D, batch, H) and y (D, k, batch, P),
+        each direction in its processing order, rows in the packed order.
 
         Writes y (D, time, batch, P), each direction's output in its own processing order (the backward
         direction's step s is time T-1-s; with counts, slots where a sequence does not run hold junk) and
@@ -306,7 +367,11 @@ class StepwiseLSTM(nn.Module):
         steps, batch, width = x.shape
         d, block, _, four_h = gates.shape
         h, p = four_h // 4, y.shape[3]
-        c = c0.clone()  # (D, batch, H)
+        c = c0.clone()  # (D, batch, H): the state the next step reads
+        # Where each step of a block writes its c: without capture every slot is `c` (updated in place); with
+        # it, a buffer of the block's steps, (block, D, batch, H), handed to `emit`. Pairs (D-axis view, run view).
+        cbuf = None if emit is None else x.new_empty((block, d, batch, h))
+        c_slots = [(t, t[0] if d == 1 else t) for t in ([c] * block if cbuf is None else cbuf)]
         tc = x.new_empty((d, batch, h))  # cell_act(c)
         hfull = x.new_empty((d, batch, h)) if w_hr_t is not None else None  # o * cell_act(c), before W_hr
         h_prev = h0  # (D, batch, P): the state a step reads (read only: later steps read a step of y)
@@ -315,7 +380,7 @@ class StepwiseLSTM(nn.Module):
         if d == 1:
             recurrent, project, y_run, g_run = torch.Tensor.addmm_, torch.mm, y[0], gates[0]  # (time, ...)
             c_run, tc, hfull, h_prev, w_rec, w_proj = (None if t is None else t[0] for t in (
-                c, tc, hfull, h_prev, w_hh_t, w_hr_t))
+                c, tc, hfull, h_prev, w_hh_t, w_hr_t))  # c_run: `c` as the loop uses it
         else:
             recurrent, project = torch.Tensor.baddbmm_, torch.bmm
             y_run, g_run = y.transpose(0, 1), gates.transpose(0, 1)  # (time, D, ...)
@@ -340,7 +405,8 @@ class StepwiseLSTM(nn.Module):
             y_steps = y_run[s0:s0 + k]  # this block's steps of y
             for s in range(s0, s0 + k):
                 g, ifo, cand, i, f, o = rows[s - s0]
-                h_in, cs, tcs, hf, out = h_prev, c_run, tc, hfull, y_steps[s - s0]
+                c_full, c_next = c_slots[s - s0]  # where this step's c goes
+                h_in, cs, cn, tcs, hf, out = h_prev, c_run, c_next, tc, hfull, y_steps[s - s0]
                 if counts is not None:  # run the first n rows (see the module docstring)
                     nf = n = fwd[s]
                     if nf < nf_prev:  # forward rows [nf, nf_prev) ran their last step at s-1
@@ -353,20 +419,23 @@ class StepwiseLSTM(nn.Module):
                             h_prev[1, nb_prev:nb], c[1, nb_prev:nb] = h0[1, nb_prev:nb], c0[1, nb_prev:nb]
                             nb_prev = nb  # (h_prev is a step of y here, and that row's slot there is unused)
                         n = max(nf, nb)
-                    g, ifo, cand, i, f, o, h_in, cs, tcs, out = (
-                        t[..., :n, :] for t in (g, ifo, cand, i, f, o, h_in, cs, tcs, out))
+                    g, ifo, cand, i, f, o, h_in, cs, cn, tcs, out = (
+                        t[..., :n, :] for t in (g, ifo, cand, i, f, o, h_in, cs, cn, tcs, out))
                     hf = hf[..., :n, :] if hf is not None else None
                 recurrent(g, h_in, w_rec)  # gates += h W_hh^T
                 gate_fn(ifo, ifo)
                 cell_fn(cand, cand)
-                cs.mul_(f).addcmul_(i, cand)  # c = f * c + i * g
-                cell_fn(cs, tcs)
+                torch.mul(cs, f, out=cn).addcmul_(i, cand)  # c = f * c + i * g (in place without capture)
+                cell_fn(cn, tcs)
                 if hf is None:
                     torch.mul(o, tcs, out=out)  # h = o * cell_act(c)
                 else:
                     torch.mul(o, tcs, out=hf)
                     project(hf, w_proj, out=out)  # h = (o * cell_act(c)) W_hr^T
                 h_prev = out if counts is None else y_steps[s - s0]
+                c, c_run = c_full, c_next
+            if emit is not None:
+                emit(s0, k, gates[:, :k], cbuf[:k], y[:, s0:s0 + k])
         h_prev = h_prev.reshape(d, batch, p)
         if counts is None:
             return h_prev.clone(), c
