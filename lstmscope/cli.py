@@ -364,3 +364,62 @@ def show_state(
     _emit(lambda: state_document(state, view), "render_state", state, view, json_out=json_out)
     if not view.all_ok:
         raise typer.Exit(1)
+
+
+@app.command()
+@guarded
+def trace(
+    checkpoint: CheckpointArg,
+    input: InputArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Trace file to write (.safetensors).", show_default=False)],
+    module: ModuleOpt = None,
+    key: KeyOpt = None,
+    lengths: LengthsOpt = None,
+    time_major: TimeMajorOpt = False,
+    dtype: DtypeOpt = None,
+    initial_state: InitialStateOpt = None,
+    broadcast_state: BroadcastOpt = False,
+    quantities: Annotated[Optional[str], typer.Option("--quantities", help="Which quantities to store, comma-separated from h,c,i,f,g,o (h_t, c_t, input/forget gate, candidate, output gate). Default: all.", show_default=False)] = None,
+    order: Annotated[str, typer.Option("--order", help="Time order of the stored steps: input (step t is the state after reading x[t], the backward direction too) or processing (each direction in the order it ran: the backward direction's steps reversed per sequence).")] = "input",
+    force: ForceOpt = False,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    activation: ActivationOpt = None,
+    recurrent_activation: RecurrentActivationOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run step by step and write every time step of every layer and direction (h, c and the four gates) to a
+    safetensors trace.
+
+    One tensor per (layer, direction, quantity), each (batch, time, width), named layer{L}/{forward|backward}/{q}
+    for PyTorch modules (layer0/forward/h, layer1/backward/f) and {Keras layer name}/{forward|backward}/{q} for
+    Keras modules (encoder/forward/h). q is h, c, i, f, g or o; h is proj_size wide on a projected LSTM,
+    the rest hidden_size. With lengths the file also holds lengths, and every value past a sequence's length
+    is NaN. The metadata entry lstmscope.trace (canonical JSON) names the module, spec, dtype, time order and
+    the sha256 of every input.
+    """
+    from lstmscope.fileio import file_sha256
+    from lstmscope.runner import RunOptions, trace as do_trace
+
+    outcome = do_trace(RunOptions(
+        checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
+        dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads, device=device,
+        activation=activation, recurrent_activation=recurrent_activation,
+    ), output, quantities=quantities, order=order, force=force)
+    for note in outcome.notes:
+        sys.stderr.write(note + "\n")
+    if quiet:
+        return
+    path = outcome.path
+    size = path.stat().st_size
+    if json_out:
+        from lstmscope.jsonout import dumps
+        from lstmscope.tracefile import trace_document
+
+        sys.stdout.write(dumps(trace_document(path, file_sha256(path), size, outcome.meta, outcome.layout,
+                                              outcome.summary)) + "\n")
+        return
+    from lstmscope.render import render_trace
+
+    render_trace(_stdout(), outcome, size)

@@ -412,3 +412,59 @@ class progress_bar:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def render_trace(console: Console, outcome, size: int) -> None:
+    """``trace``: what was written (per quantity, how many tensors of which shape) and the summary figures
+    per layer, direction and quantity, with one line per figure saying what it means."""
+    from lstmscope.tracestats import FIGURE_NOTES
+
+    meta, layout, stats = outcome.meta, outcome.layout, outcome.summary
+    padding = meta["padding"] if outcome.sequences.lengths is not None else "no padding"
+    console.print(Text.assemble(("Wrote ", "bold"), str(outcome.path),
+                                f"  ({size:,} bytes; module {outcome.module.display_name}, {meta['dtype']}, "
+                                f"{meta['time_order']}-time order, {padding})"))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("quantity", "tensors", "shape (batch, time, width)", "example name"):
+        table.add_column(col, overflow="fold")
+    for q in meta["quantities"]:
+        names = sorted(n for n in layout if n.endswith(f"/{q}"))
+        shapes = sorted({layout[n][1] for n in names})
+        table.add_row(q, str(len(names)), Text(", ".join(str(s) for s in shapes)), Text(names[0] if names else ""))
+    console.print(table)
+    if stats is None:
+        return
+    names = outcome.module.spec.names if outcome.module.spec.framework == "keras" else ()
+    summary = Table(title="Summary per layer, direction and quantity", box=box.SIMPLE_HEAD, pad_edge=False,
+                    title_justify="left", title_style="bold")
+    for col, justify in (("layer", "right"), ("dir", "left"), ("q", "left"), ("mean", "right"),
+                         ("saturated", "right"), ("sat units", "right"), ("dead units", "right")):
+        summary.add_column(col, justify=justify)
+    for r in stats.rows:
+        share = Text("-", style="dim") if r.saturated_share is None else Text(f"{r.saturated_share:.1%}")
+        sat = Text("-", style="dim") if r.saturated_units is None else Text(f"{r.saturated_units}/{r.width}")
+        summary.add_row(str(r.layer), DIR_SHORT[r.direction], r.quantity, _num(r.mean), share, sat,
+                        f"{r.dead_units}/{r.width}")
+    console.print(summary)
+    mem = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, justify in (("layer", "right"), ("dir", "left"), ("forget mean", "right"), ("memory", "right"),
+                         ("max |c|", "right"), ("at (seq, step, unit)", "left")):
+        mem.add_column(col, justify=justify)
+    for d in stats.directions:
+        memory = Text("-", style="dim") if d.memory_length is None else Text(
+            "inf" if d.memory_length == float("inf") else f"{d.memory_length:.3g} steps")
+        at = "" if d.max_abs_c_at is None else "(" + ", ".join(str(v) for v in d.max_abs_c_at) + ")"
+        mem.add_row(str(d.layer), DIR_SHORT[d.direction], _num(d.forget_mean), memory, _num(d.max_abs_c), at)
+    console.print(mem)
+    if names:
+        console.print(Padding(Text("layer " + ", ".join(f"{i} = {n}" for i, n in enumerate(names)), style="dim"),
+                              (0, 0, 0, 2)))
+    nonfinite = any(r.non_finite for r in stats.rows)
+    for figure, meaning in FIGURE_NOTES:
+        if figure == "values" or (figure == "non-finite" and not nonfinite):
+            continue  # not in the tables above
+        console.print(Padding(Text(f"{figure}: {meaning}", style="dim"), (0, 0, 0, 2)))
+    if nonfinite:
+        bad = ", ".join(f"{r.quantity} layer {r.layer} {DIR_SHORT[r.direction]}: {r.non_finite}"
+                        for r in stats.rows if r.non_finite)
+        console.print(Text(f"non-finite values in valid steps: {bad}", style=BAD_STYLE))

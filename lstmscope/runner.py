@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -262,3 +263,90 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
         raise
     box["writer"].__exit__(None, None, None)
     return outcome, out_path, box["meta"]
+
+
+@dataclass
+class TraceOutcome:
+    """What ``trace`` wrote."""
+
+    module: LSTMModule
+    sequences: Sequences
+    path: Path
+    meta: dict
+    layout: dict  # tensor name -> (numpy dtype name, shape), as written
+    notes: list[str] = field(default_factory=list)  # one-line remarks for stderr
+    threads: int = 1
+    summary: Any = None  # lstmscope.tracestats.TraceStats of what was written
+
+
+def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = None, order: str = "input",
+          force: bool = False) -> TraceOutcome:
+    """Run ``opts`` step by step and write every step of every layer, direction and quantity to ``out``
+    (see lstmscope.tracefile for the file). Blocks go to their place in the file as the engine makes them,
+    so the whole trace is never held. ``quantities``: "h,c,i,f,g,o" or a part (None: all); ``order``:
+    "input" or "processing"."""
+    from lstmscope.fileio import check_target, refuse_overwriting_sources
+    from lstmscope.tracefile import TraceWriter, check_order, parse_quantities, trace_layout, trace_metadata
+
+    picked = parse_quantities(quantities)
+    check_order(order)
+    if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
+        raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
+    out_path = Path(out)
+    check_target(out_path, force)  # refuse before spending time on the run
+    refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
+    ck = read_checkpoint(opts.checkpoint)
+    module = ck.with_cell(ck.module(opts.module), activation=opts.activation,
+                          recurrent_activation=opts.recurrent_activation)
+    spec = module.spec
+    seqs = load_sequences(opts.input, time_major=opts.time_major, key=opts.key, lengths_path=opts.lengths,
+                          expected_features=spec.input_size, module_name=module.display_name)
+    h0 = c0 = None
+    state_sha = None
+    notes = [n for n in [ck.reading_note()] if n]
+    if opts.initial_state is not None:
+        from lstmscope.fileio import file_sha256
+        from lstmscope.snapshot import fit_state, read_state_file
+
+        state = read_state_file(opts.initial_state, allow_torch=True)
+        h0, c0 = fit_state(state, module.display_name, spec, seqs.batch, broadcast=opts.broadcast_state)
+        state_sha = file_sha256(state.path)
+    from lstmscope import engine
+    from lstmscope.engine.trace import trace_lstm
+
+    engine.check_device(opts.device)
+    threads = opts.threads if opts.threads is not None else engine.default_threads(spec, seqs.batch)
+    engine.configure_threads(threads)
+    run_dtype = opts.dtype or spec.dtype
+    np_dtype = "float32" if run_dtype == "bfloat16" else run_dtype  # bfloat16 traces come back as float32
+    params = ck.parameters(module)
+    layout = trace_layout(spec, seqs.batch, seqs.time, np_dtype, picked, seqs.lengths is not None)
+    meta = trace_metadata(spec, dtype=run_dtype, module=module.prefix, checkpoint_sha256=ck.sha256,
+                          input_sha256=seqs.sha256, lengths=seqs.lengths, initial_state_sha256=state_sha,
+                          time_order=order, quantities=picked)
+    lens = seqs.lengths if seqs.lengths is not None else np.full(seqs.batch, seqs.time, dtype=np.int64)
+    from lstmscope.tracefile import tensor_name
+
+    def reversed_in_file(direction: int) -> bool:
+        """Whether the engine's blocks (input-time order, or processing order for go_backwards) must be
+        reversed per sequence to reach ``order``."""
+        wanted = order == "processing" and ((direction == 1) != spec.go_backwards)
+        return wanted != spec.go_backwards
+
+    from lstmscope.tracestats import TraceSummary
+
+    summary = TraceSummary(lengths=seqs.lengths)  # O(width) per key, fed the same blocks as the file
+    with TraceWriter(out_path, layout, meta, force=force) as w:
+        def sink(layer: int, direction: int, quantity: str, start: int, block: np.ndarray) -> None:
+            summary.add(layer, ("forward", "backward")[direction], quantity, start, block)
+            name = tensor_name(spec, layer, direction, quantity)
+            if reversed_in_file(direction):
+                w.put_reversed_steps(name, start, block, lens)
+            else:
+                w.put_steps(name, start, block)
+
+        trace_lstm(spec, params, seqs.data, lengths=seqs.lengths, h0=h0, c0=c0, dtype=opts.dtype,
+                   device=opts.device, quantities=picked, sink=sink)
+        if seqs.lengths is not None:
+            w.put("lengths", seqs.lengths)
+    return TraceOutcome(module, seqs, out_path, meta, layout, notes, threads, summary.result())

@@ -1,0 +1,156 @@
+"""Trace files: every time step of every layer and direction, as safetensors. numpy only.
+
+A trace file holds one tensor per (layer, direction, quantity), each (batch, time, width):
+
+- PyTorch modules: ``layer{L}/{forward|backward}/{q}``, e.g. ``layer0/forward/h``, ``layer1/backward/f``
+  (L counts from 0, as in ``weight_ih_l{L}``).
+- Keras modules: ``{layer name}/{forward|backward}/{q}``, e.g. ``encoder/forward/h`` (the name is the Keras
+  layer's own; a plain LSTM layer has only ``forward``, a Bidirectional both).
+
+``q`` is one of h, c, i, f, g, o: h_t, c_t and the gates after their activations (input, forget, the
+candidate g (Keras's c~), output). h is proj_size wide on a projected LSTM, everything else hidden_size.
+``lengths`` (int64, (batch,)) is stored too when the input has lengths; past each sequence's length
+every value is NaN. Steps are in input-time order (step t is the state after reading x[t], the backward
+direction included) unless the metadata's ``time_order`` says ``processing`` (each direction in the order it
+ran: the backward direction's valid steps reversed per sequence).
+
+Exactly one metadata entry, ``lstmscope.trace``, holds canonical JSON (see ``trace_metadata``). The bytes
+are a pure function of the content, as for snapshots (snapshot.encode_header), and the file is written in
+pieces: the header first, then each block at its place, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstmscope import __version__
+from lstmscope.errors import UsageError
+from lstmscope.snapshot import SnapshotWriter, array_sha256, canonical_json, encode_header
+from lstmscope.spec import LSTMSpec
+
+FORMAT_VERSION = 1
+METADATA_KEY = "lstmscope.trace"
+SCHEMA = "lstmscope.trace/1"
+QUANTITIES = ("h", "c", "i", "f", "g", "o")  # as engine.trace.QUANTITIES (kept here so this module needs no torch)
+DIRECTIONS = ("forward", "backward")
+ORDERS = ("input", "processing")
+PADDING = "NaN past each sequence's length"
+
+
+def parse_quantities(text: str | None) -> tuple[str, ...]:
+    """``"h,c,f"`` -> ("h", "c", "f"), in the order given, once each; None: all. UsageError for a bad name."""
+    if text is None:
+        return QUANTITIES
+    picked = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
+    bad = [q for q in picked if q not in QUANTITIES]
+    if bad or not picked:
+        what = (f"--quantities {text}: {', '.join(map(repr, bad))} is not a quantity lstmscope traces" if bad
+                else f"--quantities {text!r} names no quantity")
+        raise UsageError(f"{what}; pick from {','.join(QUANTITIES)} (e.g. --quantities h,c,f)")
+    return picked
+
+
+def check_order(order: str) -> str:
+    if order not in ORDERS:
+        raise UsageError(f"--order {order}: choose input or processing")
+    return order
+
+
+def layer_name(spec: LSTMSpec, layer: int) -> str:
+    if spec.framework == "keras" and layer < len(spec.names):
+        return spec.names[layer]
+    return f"layer{layer}"
+
+
+def tensor_name(spec: LSTMSpec, layer: int, direction: int, quantity: str) -> str:
+    """``layer{L}/{forward|backward}/{q}`` (PyTorch) or ``{keras layer name}/{forward|backward}/{q}`` (Keras)."""
+    return f"{layer_name(spec, layer)}/{DIRECTIONS[direction]}/{quantity}"
+
+
+def quantity_width(spec: LSTMSpec, quantity: str) -> int:
+    """h is proj_size wide on a projected LSTM; c and the gates are hidden_size wide."""
+    return spec.output_size if quantity == "h" else spec.hidden_size
+
+
+def trace_layout(spec: LSTMSpec, batch: int, time: int, dtype: str, quantities: tuple[str, ...],
+                 with_lengths: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor a trace of ``spec`` holds: name -> (numpy dtype name, shape)."""
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for layer in range(spec.num_layers):
+        for d in range(spec.num_directions):
+            for q in quantities:
+                out[tensor_name(spec, layer, d, q)] = (dtype, (batch, time, quantity_width(spec, q)))  # (B, T, W)
+    if with_lengths:
+        out["lengths"] = ("int64", (batch,))
+    return out
+
+
+def trace_metadata(spec: LSTMSpec, *, dtype: str, module: str, checkpoint_sha256: str | None,
+                   input_sha256: str | None, lengths: np.ndarray | None, initial_state_sha256: str | None,
+                   time_order: str, quantities: tuple[str, ...]) -> dict[str, Any]:
+    """The ``lstmscope.trace`` entry."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "module": module,
+        "spec": spec.to_dict(),
+        "dtype": dtype,
+        "checkpoint_sha256": checkpoint_sha256,
+        "input_sha256": input_sha256,
+        "lengths_sha256": None if lengths is None else array_sha256(np.asarray(lengths, dtype=np.int64)),
+        "initial_state_sha256": initial_state_sha256,
+        "time_order": time_order,
+        "quantities": list(quantities),
+        "padding": PADDING,
+        "lstmscope_version": __version__,
+    }
+
+
+class TraceWriter(SnapshotWriter):
+    """SnapshotWriter's machinery (header fixed first, atomic, deterministic) under the ``lstmscope.trace``
+    metadata key, plus ``put_reversed_steps`` for traces stored in processing order."""
+
+    def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
+                 meta: dict[str, Any], *, force: bool = False):
+        super().__init__(path, layout, meta, force=force)
+        self.head, order = encode_header(layout, {METADATA_KEY: canonical_json(meta)})
+        self.offsets, at = {}, len(self.head)
+        for name in order:
+            dtype, shape = layout[name]
+            self.offsets[name] = at
+            at += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.size = at
+
+    def put_reversed_steps(self, name: str, start: int, chunk: np.ndarray, lengths: np.ndarray) -> None:
+        """Steps start.. (``chunk`` (batch, n, width)) written with each sequence's own valid steps reversed:
+        step t < lengths[b] goes to lengths[b] - 1 - t; padding steps stay where they are."""
+        _, (batch, time, width) = self.layout[name]
+        itemsize = np.dtype(self.layout[name][0]).itemsize
+        n = chunk.shape[1]
+        for b in range(batch):
+            k = int(min(max(int(lengths[b]) - start, 0), n))  # valid steps of this sequence in the chunk
+            row = self.offsets[name] + b * time * width * itemsize
+            if k:
+                to = int(lengths[b]) - start - k  # where the reversed valid part begins
+                self.f.seek(row + to * width * itemsize)
+                self.f.write(self._bytes(name, chunk[b, :k][::-1]))
+            if k < n:
+                self.f.seek(row + (start + k) * width * itemsize)
+                self.f.write(self._bytes(name, chunk[b, k:]))
+
+
+def trace_document(path: Path, sha256: str, size: int, meta: dict[str, Any],
+                   layout: dict[str, tuple[str, tuple[int, ...]]], summary=None) -> dict[str, Any]:
+    """The ``--json`` document of ``lstmscope trace``; ``summary`` is a tracestats.TraceStats (its to_dict())."""
+    return {
+        "schema": SCHEMA,
+        "path": str(path),
+        "sha256": sha256,
+        "bytes": size,
+        "metadata": meta,
+        "tensors": {name: list(shape) for name, (_, shape) in sorted(layout.items())},
+        "summary": None if summary is None else summary.to_dict(),
+    }

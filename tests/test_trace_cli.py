@@ -1,0 +1,290 @@
+"""`lstmscope trace` end to end: the file's tensors against independent truth (torch.nn.LSTM run directly, and
+the float64 numpy reference of tests/reference_cells.py), names, metadata, determinism and the output rules."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from conftest import SAMPLES
+from helpers import assert_one_error_line
+from reference_cells import lstm_reference_trace
+
+I, H, B, T = 3, 5, 4, 7
+LENGTHS = np.array([3, 7, 1, 5], dtype=np.int64)  # unsorted, one full, one of length 1
+
+
+def make_checkpoint(tmp_path, *, num_layers=2, bidirectional=True, proj_size=0, dtype=torch.float32, seed=0):
+    """A saved nn.LSTM state_dict, its module and numpy params; plus an input and lengths file."""
+    torch.manual_seed(seed)
+    lstm = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                         batch_first=True).to(dtype).eval()
+    ck = tmp_path / "model.pt"
+    torch.save(lstm.state_dict(), ck)
+    x = np.random.default_rng(1).standard_normal((B, T, I)).astype(str(dtype).removeprefix("torch."))  # (B, T, I)
+    inp = tmp_path / "x.npy"
+    np.save(inp, x)
+    lens = tmp_path / "lengths.npy"
+    np.save(lens, LENGTHS)
+    params = {k: v.detach().numpy().copy() for k, v in lstm.state_dict().items()}
+    return lstm, params, ck, inp, lens, x
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    assert result.stderr == ""
+    return result
+
+
+def assert_error_no_file(result, out, *fragments):
+    """Exit 2, nothing on stdout, one Error: line holding every fragment, and no OUT (nor a temporary) left."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "internal error" not in lines[0]
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    if out.parent.is_dir():
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_last_layer_h_and_final_states_equal_nn_lstm(tmp_path, invoke):
+    lstm, _, ck, inp, lens, x = make_checkpoint(tmp_path)
+    out = tmp_path / "trace.safetensors"
+    ok(invoke("trace", ck, inp, "--lengths", lens, "-o", out, "--threads", "1"))
+    got = load_file(out)
+    with torch.inference_mode():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(LENGTHS),
+                                                         batch_first=True, enforce_sorted=False)
+        y, (h_n, c_n) = lstm(packed)
+        output, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=T)  # (B, T, 2H)
+    output, h_n, c_n = output.numpy(), h_n.numpy(), c_n.numpy()
+    valid = np.arange(T)[None, :] < LENGTHS[:, None]  # (B, T)
+    for d, name in enumerate(("forward", "backward")):
+        h = got[f"layer1/{name}/h"]
+        assert h.shape == (B, T, H) and h.dtype == np.float32
+        np.testing.assert_allclose(h[valid], output[:, :, d * H:(d + 1) * H][valid], atol=1e-6, rtol=0)
+        assert np.isnan(h[~valid]).all()
+        for layer in range(2):
+            k = layer * 2 + d
+            hq, cq = got[f"layer{layer}/{name}/h"], got[f"layer{layer}/{name}/c"]
+            for b, n in enumerate(LENGTHS):
+                last = n - 1 if d == 0 else 0  # the backward direction ends at step 0 in input-time order
+                np.testing.assert_allclose(hq[b, last], h_n[k, b], atol=1e-6, rtol=0)
+                np.testing.assert_allclose(cq[b, last], c_n[k, b], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(got["lengths"], LENGTHS)
+    assert got["lengths"].dtype == np.int64
+    assert len(got) == 2 * 2 * 6 + 1
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_every_gate_equals_float64_reference(tmp_path, invoke, dtype, tol):
+    _, params, ck, inp, lens, x = make_checkpoint(tmp_path, num_layers=2, bidirectional=True)
+    out = tmp_path / "trace.safetensors"
+    ok(invoke("trace", ck, inp, "--lengths", lens, "-o", out, "--dtype", dtype))
+    got = load_file(out)
+    ref = lstm_reference_trace(params, x, num_layers=2, bidirectional=True, lengths=LENGTHS)
+    for (layer, d, q), want in ref.items():
+        a = got[f"layer{layer}/{('forward', 'backward')[d]}/{q}"]
+        assert a.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(a, want, atol=tol, rtol=0, equal_nan=True)
+
+
+def test_projected_widths_and_reference(tmp_path, invoke):
+    _, params, ck, inp, _, x = make_checkpoint(tmp_path, num_layers=1, bidirectional=False, proj_size=2)
+    out = tmp_path / "trace.safetensors"
+    ok(invoke("trace", ck, inp, "-o", out))
+    got = load_file(out)
+    assert got["layer0/forward/h"].shape == (B, T, 2)
+    assert all(got[f"layer0/forward/{q}"].shape == (B, T, H) for q in "cifgo")
+    assert "lengths" not in got
+    ref = lstm_reference_trace(params, x, num_layers=1, bidirectional=False, proj_size=2)
+    for (layer, d, q), want in ref.items():
+        np.testing.assert_allclose(got[f"layer{layer}/forward/{q}"], want, atol=1e-5, rtol=0)
+
+
+def test_processing_order_reverses_backward_steps(tmp_path, invoke):
+    _, params, ck, inp, lens, x = make_checkpoint(tmp_path, num_layers=1, bidirectional=True)
+    out = tmp_path / "trace.safetensors"
+    ok(invoke("trace", ck, inp, "--lengths", lens, "-o", out, "--order", "processing"))
+    got = load_file(out)
+    ref = lstm_reference_trace(params, x, num_layers=1, bidirectional=True, lengths=LENGTHS)
+    for q in "hcifgo":
+        np.testing.assert_allclose(got[f"layer0/forward/{q}"], ref[(0, 0, q)], atol=1e-5, equal_nan=True)
+        want = np.full_like(ref[(0, 1, q)], np.nan)
+        for b, n in enumerate(LENGTHS):
+            for k in range(n):  # k-th step the backward direction ran reads x[n - 1 - k]
+                want[b, k] = ref[(0, 1, q)][b, n - 1 - k]
+        np.testing.assert_allclose(got[f"layer0/backward/{q}"], want, atol=1e-5, equal_nan=True)
+    with safe_open(out, "np") as f:
+        assert json.loads(f.metadata()["lstmscope.trace"])["time_order"] == "processing"
+
+
+def test_keras_sample_names_and_metadata(tmp_path, invoke):
+    out = tmp_path / "k.safetensors"
+    ckpt, inp = SAMPLES / "forecaster.keras", SAMPLES / "batch.npy"
+    r = ok(invoke("trace", ckpt, inp, "-o", out, "--json"))
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "lstmscope.trace/1" and doc["summary"]["thresholds"]["sigmoid_low"] == 0.05
+    x = np.load(inp)
+    names = {f"{layer}/forward/{q}" for layer in ("encoder", "decoder") for q in "hcifgo"}
+    assert set(doc["tensors"]) == names
+    assert doc["tensors"]["encoder/forward/h"] == [x.shape[0], x.shape[1], 6]
+    assert doc["bytes"] == out.stat().st_size
+    import hashlib
+
+    assert doc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    got = load_file(out)
+    assert set(got) == names and all(np.isfinite(a).all() for a in got.values())
+    with safe_open(out, "np") as f:
+        meta_raw = f.metadata()
+    assert set(meta_raw) == {"lstmscope.trace"}
+    meta = json.loads(meta_raw["lstmscope.trace"])
+    assert meta == doc["metadata"]
+    assert meta_raw["lstmscope.trace"] == json.dumps(meta, sort_keys=True, separators=(",", ":"))  # canonical
+    assert meta["format_version"] == 1 and meta["module"] == "encoder+decoder" and meta["time_order"] == "input"
+    assert meta["spec"]["names"] == ["encoder", "decoder"] and meta["quantities"] == list("hcifgo")
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["input_sha256"] == hashlib.sha256(inp.read_bytes()).hexdigest()
+    assert meta["lengths_sha256"] is None and meta["initial_state_sha256"] is None and meta["dtype"] == "float32"
+    assert meta["padding"] == "NaN past each sequence's length"
+
+
+def test_byte_deterministic_and_force(tmp_path, invoke):
+    _, _, ck, inp, lens, _ = make_checkpoint(tmp_path)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ok(invoke("trace", ck, inp, "--lengths", lens, "-o", a, "--threads", "1"))
+    ok(invoke("trace", ck, inp, "--lengths", lens, "-o", b, "--threads", "2"))
+    assert a.read_bytes() == b.read_bytes()
+    before = a.read_bytes()
+    r = invoke("trace", ck, inp, "-o", a)
+    assert_one_error_line(r, a, "already exists", "--force")
+    assert a.read_bytes() == before
+    ok(invoke("trace", ck, inp, "-o", a, "--force", "--quantities", "h"))
+    assert set(load_file(a)) == {f"layer{l}/{d}/h" for l in range(2) for d in ("forward", "backward")}
+
+
+def test_quantities_pick_tensors(tmp_path, invoke):
+    _, _, ck, inp, _, _ = make_checkpoint(tmp_path, num_layers=1, bidirectional=False)
+    out = tmp_path / "t.safetensors"
+    r = ok(invoke("trace", ck, inp, "-o", out, "--quantities", "h,f"))
+    assert "layer0/forward" in r.stdout
+    assert set(load_file(out)) == {"layer0/forward/h", "layer0/forward/f"}
+    with safe_open(out, "np") as f:
+        assert json.loads(f.metadata()["lstmscope.trace"])["quantities"] == ["h", "f"]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--quantities", "h,x"], ["'x'", "h,c,i,f,g,o"]),
+    (["--quantities", ","], ["no quantity"]),
+    (["--order", "sideways"], ["--order sideways", "input or processing"]),
+])
+def test_bad_options_exit_2_no_file(tmp_path, invoke, args, fragments):
+    _, _, ck, inp, _, _ = make_checkpoint(tmp_path, num_layers=1, bidirectional=False)
+    out = tmp_path / "t.safetensors"
+    assert_error_no_file(invoke("trace", ck, inp, "-o", out, *args), out, *fragments)
+    assert not out.exists()
+
+
+def test_output_that_is_an_input_is_refused(tmp_path, invoke):
+    _, _, ck, inp, lens, _ = make_checkpoint(tmp_path, num_layers=1, bidirectional=False)
+    for src in (ck, inp, lens):
+        before = src.read_bytes()
+        extra = ["--lengths", lens] if src == lens else []
+        for force in ([], ["--force"]):
+            r = invoke("trace", ck, inp, *extra, "-o", src, *force)
+            assert_one_error_line(r, src)
+            assert src.read_bytes() == before
+
+
+def test_unwritable_output(tmp_path, invoke):
+    _, _, ck, inp, _, _ = make_checkpoint(tmp_path, num_layers=1, bidirectional=False)
+    missing = tmp_path / "no" / "t.safetensors"
+    assert_one_error_line(invoke("trace", ck, inp, "-o", missing), missing, "does not exist")
+    assert not missing.exists()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert_one_error_line(invoke("trace", ck, inp, "-o", folder), folder, "is a directory")
+    if os.geteuid() == 0:
+        return  # root writes into a read-only folder
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        out = ro / "t.safetensors"
+        r = invoke("trace", ck, inp, "-o", out)
+        assert_one_error_line(r, out, "not writable")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_error_during_run_leaves_nothing(tmp_path, invoke):
+    _, _, ck, inp, _, _ = make_checkpoint(tmp_path, num_layers=1, bidirectional=False)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 4, I + 1), np.float32))  # one feature too many
+    out = tmp_path / "t.safetensors"
+    r = invoke("trace", ck, bad, "-o", out)
+    assert r.exit_code == 2 and r.stderr.startswith("Error: ") and len(r.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "x.npy", "lengths.npy", "bad.npy"])
+
+
+@pytest.mark.parametrize("order", ["input", "processing"])
+def test_keras_go_backwards_time_order(tmp_path, invoke, order):
+    """A go_backwards layer equals the same weights reading each sequence reversed: in input-time order its step t
+    is the state after reading x[t]; in processing order, the k-th step it ran (after reading x[len - 1 - k])."""
+    import keras_files as kf
+
+    fw = kf.keras2_model(tmp_path / "fw.h5", [("lstm", "lstm_1", 4)]).path
+    gb = kf.keras2_model(tmp_path / "gb.h5", [("lstm", "lstm_1", 4, {"go_backwards": True})]).path
+    x = np.random.default_rng(3).standard_normal((B, T, 3)).astype(np.float32)  # (B, T, 3)
+    rev = x.copy()
+    for b, n in enumerate(LENGTHS):
+        rev[b, :n] = x[b, :n][::-1]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "rev.npy", rev)
+    np.save(tmp_path / "lengths.npy", LENGTHS)
+    ok(invoke("trace", gb, tmp_path / "x.npy", "--lengths", tmp_path / "lengths.npy", "-o", tmp_path / "gb.st",
+              "--order", order))
+    ok(invoke("trace", fw, tmp_path / "rev.npy", "--lengths", tmp_path / "lengths.npy", "-o", tmp_path / "fw.st"))
+    got, ran = load_file(tmp_path / "gb.st"), load_file(tmp_path / "fw.st")
+    for q in "hcifgo":
+        want = ran[f"lstm_1/forward/{q}"].copy()
+        if order == "input":
+            for b, n in enumerate(LENGTHS):
+                want[b, :n] = want[b, :n][::-1]
+        np.testing.assert_allclose(got[f"lstm_1/forward/{q}"], want, atol=1e-6, equal_nan=True)
+
+
+def test_summary_figures_equal_numpy_on_the_written_trace(invoke, tmp_path):
+    """The --json summary against numpy run on the file's own arrays (padding is NaN and left out)."""
+    import json as _json
+
+    from safetensors.numpy import load_file as _load
+
+    from conftest import SAMPLES as _SAMPLES
+
+    out = tmp_path / "t.safetensors"
+    result = invoke("trace", _SAMPLES / "bi_2layer.pt", _SAMPLES / "varlen.npz", "-o", out, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    summary = _json.loads(result.stdout)["summary"]
+    t = _load(out)
+    for d in summary["directions"]:
+        key = f"layer{d['layer']}/{d['direction']}"
+        f = t[f"{key}/f"].astype(np.float64)
+        np.testing.assert_allclose(d["forget_mean"], np.nanmean(f), rtol=1e-9)
+        np.testing.assert_allclose(d["memory_length"], 1 / (1 - np.nanmean(f)), rtol=1e-9)
+        np.testing.assert_allclose(d["max_abs_c"], np.nanmax(np.abs(t[f"{key}/c"])), rtol=1e-7)
+    for r in summary["rows"]:
+        a = t[f"layer{r['layer']}/{r['direction']}/{r['quantity']}"].astype(np.float64)
+        np.testing.assert_allclose(r["mean"], np.nanmean(a), rtol=1e-9, atol=1e-12)
+        if r["quantity"] in ("i", "f", "o"):
+            valid = a[~np.isnan(a)]
+            np.testing.assert_allclose(r["saturated_share"], np.mean((valid < 0.05) | (valid > 0.95)), rtol=1e-9)
