@@ -177,13 +177,13 @@ class SnapshotWriter:
     a context manager: the file appears (atomically) only when the block ends without an error."""
 
     def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
-                 meta: dict[str, Any], *, force: bool = False):
+                 meta: dict[str, Any], *, force: bool = False, metadata_key: str = METADATA_KEY):
         self.path, self.force = Path(path), force
         for k, (dtype, _) in layout.items():
             if dtype not in SNAPSHOT_NAMES:
                 raise StateError(f"cannot store {k} of dtype {dtype} in a snapshot")
         self.layout = layout
-        self.head, order = encode_header(layout, {METADATA_KEY: canonical_json(meta)})
+        self.head, order = encode_header(layout, {metadata_key: canonical_json(meta)})
         self.offsets, at = {}, len(self.head)
         for name in order:
             dtype, shape = layout[name]

@@ -29,7 +29,7 @@ import numpy as np
 
 from lstmscope import __version__
 from lstmscope.errors import UsageError
-from lstmscope.snapshot import SnapshotWriter, array_sha256, canonical_json, encode_header
+from lstmscope.snapshot import SnapshotWriter, array_sha256
 from lstmscope.spec import LSTMSpec
 
 FORMAT_VERSION = 1
@@ -115,14 +115,7 @@ class TraceWriter(SnapshotWriter):
 
     def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
                  meta: dict[str, Any], *, force: bool = False):
-        super().__init__(path, layout, meta, force=force)
-        self.head, order = encode_header(layout, {METADATA_KEY: canonical_json(meta)})
-        self.offsets, at = {}, len(self.head)
-        for name in order:
-            dtype, shape = layout[name]
-            self.offsets[name] = at
-            at += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        self.size = at
+        super().__init__(path, layout, meta, force=force, metadata_key=METADATA_KEY)
 
     def put_reversed_steps(self, name: str, start: int, chunk: np.ndarray, lengths: np.ndarray) -> None:
         """Steps start.. (``chunk`` (batch, n, width)) written with each sequence's own valid steps reversed:
