@@ -20,13 +20,14 @@ RUN_SCHEMA = "lstmscope.run/1"
 INSPECT_SCHEMA = "lstmscope.inspect/1"
 
 
-def _clean(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars and arrays converted, NaN and Inf as None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -39,7 +40,7 @@ def _clean(obj: Any) -> Any:
 
 def dumps(doc: dict) -> str:
     """One JSON document on one line; numpy scalars converted, NaN/Inf as null."""
-    return json.dumps(_clean(doc), allow_nan=False)
+    return json.dumps(jsonable(doc), allow_nan=False)
 
 
 def model_fields(spec: LSTMSpec) -> dict:

@@ -116,24 +116,29 @@ def _count_nonfinite(a: np.ndarray) -> int:
     return int(a.size - np.count_nonzero(np.isfinite(a)))
 
 
-def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome:
-    """Run ``opts``. ``progress(done, total)`` is called as a streamed run advances. ``sink_for(spec,
-    seqs, dtype)`` may return a callable that receives the last layer's output chunk by chunk
-    (``(start, (batch, n, D * out))``); then the whole output is never held."""
+@dataclass
+class _Prepared:
+    """What every job reads before it runs: the checkpoint, the module (with any cell override), the input,
+    and the initial state fitted to the module."""
+
+    checkpoint: Checkpoint
+    module: LSTMModule
+    sequences: Sequences
+    h0: np.ndarray | None
+    c0: np.ndarray | None
+    initial_state_sha256: str | None
+    notes: list[str]  # one-line remarks for stderr
+
+
+def _prepare(opts: RunOptions) -> _Prepared:
     if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
         raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
     ck = read_checkpoint(opts.checkpoint)
     module = ck.with_cell(ck.module(opts.module), activation=opts.activation,
                           recurrent_activation=opts.recurrent_activation)
     spec = module.spec
-    seqs = load_sequences(
-        opts.input,
-        time_major=opts.time_major,
-        key=opts.key,
-        lengths_path=opts.lengths,
-        expected_features=spec.input_size,
-        module_name=module.display_name,
-    )
+    seqs = load_sequences(opts.input, time_major=opts.time_major, key=opts.key, lengths_path=opts.lengths,
+                          expected_features=spec.input_size, module_name=module.display_name)
     h0 = c0 = None
     state_sha = None
     notes = [n for n in [ck.reading_note()] if n]  # e.g. read without running code from the file
@@ -144,15 +149,33 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
         state = read_state_file(opts.initial_state, allow_torch=True)
         h0, c0 = fit_state(state, module.display_name, spec, seqs.batch, broadcast=opts.broadcast_state)
         state_sha = file_sha256(state.path)
-        if spec.bidirectional:
-            notes.append("note: bidirectional model: the backward direction's initial state enters at the last time "
-                         "step, so a chunked run cannot equal the whole run (the backward pass needs the future)")
-    chunk = plan_chunks(opts, spec, seqs)
+    return _Prepared(ck, module, seqs, h0, c0, state_sha, notes)
+
+
+def _threads(opts: RunOptions, spec: LSTMSpec, seqs: Sequences) -> int:
+    """Check the device, then set and return the torch thread count (``--threads``, or the default)."""
     from lstmscope import engine
 
     engine.check_device(opts.device)
     threads = opts.threads if opts.threads is not None else engine.default_threads(spec, seqs.batch)
     engine.configure_threads(threads)
+    return threads
+
+
+def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome:
+    """Run ``opts``. ``progress(done, total)`` is called as a streamed run advances. ``sink_for(spec,
+    seqs, dtype)`` may return a callable that receives the last layer's output chunk by chunk
+    (``(start, (batch, n, D * out))``); then the whole output is never held."""
+    p = _prepare(opts)
+    ck, module, spec, seqs, h0, c0, state_sha, notes = (p.checkpoint, p.module, p.module.spec, p.sequences, p.h0,
+                                                        p.c0, p.initial_state_sha256, p.notes)
+    if h0 is not None and spec.bidirectional:
+        notes.append("note: bidirectional model: the backward direction's initial state enters at the last time "
+                     "step, so a chunked run cannot equal the whole run (the backward pass needs the future)")
+    chunk = plan_chunks(opts, spec, seqs)
+    from lstmscope import engine
+
+    threads = _threads(opts, spec, seqs)
     run_dtype = opts.dtype or spec.dtype
     params = ck.parameters(module)
     backwards = spec.go_backwards  # Keras go_backwards: each sequence read last step first; output in that order
@@ -290,48 +313,31 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
 
     picked = parse_quantities(quantities)
     check_order(order)
-    if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
-        raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
     out_path = Path(out)
     check_target(out_path, force)  # refuse before spending time on the run
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
-    ck = read_checkpoint(opts.checkpoint)
-    module = ck.with_cell(ck.module(opts.module), activation=opts.activation,
-                          recurrent_activation=opts.recurrent_activation)
-    spec = module.spec
-    seqs = load_sequences(opts.input, time_major=opts.time_major, key=opts.key, lengths_path=opts.lengths,
-                          expected_features=spec.input_size, module_name=module.display_name)
-    h0 = c0 = None
-    state_sha = None
-    notes = [n for n in [ck.reading_note()] if n]
-    if opts.initial_state is not None:
-        from lstmscope.fileio import file_sha256
-        from lstmscope.snapshot import fit_state, read_state_file
-
-        state = read_state_file(opts.initial_state, allow_torch=True)
-        h0, c0 = fit_state(state, module.display_name, spec, seqs.batch, broadcast=opts.broadcast_state)
-        state_sha = file_sha256(state.path)
-    from lstmscope import engine
+    p = _prepare(opts)
+    ck, module, spec, seqs, notes = p.checkpoint, p.module, p.module.spec, p.sequences, p.notes
     from lstmscope.engine.trace import trace_lstm
 
-    engine.check_device(opts.device)
-    threads = opts.threads if opts.threads is not None else engine.default_threads(spec, seqs.batch)
-    engine.configure_threads(threads)
+    threads = _threads(opts, spec, seqs)
     run_dtype = opts.dtype or spec.dtype
     np_dtype = "float32" if run_dtype == "bfloat16" else run_dtype  # bfloat16 traces come back as float32
     params = ck.parameters(module)
     layout = trace_layout(spec, seqs.batch, seqs.time, np_dtype, picked, seqs.lengths is not None)
     meta = trace_metadata(spec, dtype=run_dtype, module=module.prefix, checkpoint_sha256=ck.sha256,
-                          input_sha256=seqs.sha256, lengths=seqs.lengths, initial_state_sha256=state_sha,
+                          input_sha256=seqs.sha256, lengths=seqs.lengths, initial_state_sha256=p.initial_state_sha256,
                           time_order=order, quantities=picked)
     lens = seqs.lengths if seqs.lengths is not None else np.full(seqs.batch, seqs.time, dtype=np.int64)
     from lstmscope.tracefile import tensor_name
 
     def reversed_in_file(direction: int) -> bool:
-        """Whether the engine's blocks (input-time order, or processing order for go_backwards) must be
-        reversed per sequence to reach ``order``."""
-        wanted = order == "processing" and ((direction == 1) != spec.go_backwards)
-        return wanted != spec.go_backwards
+        """Whether the engine's blocks must be reversed per sequence to reach ``order``: they come in input-time
+        order, except for a go_backwards layer (processing order); processing order differs from input order
+        for the backward direction and for go_backwards."""
+        engine_processing = spec.go_backwards
+        want_processing = order == "processing" and (direction == 1 or spec.go_backwards)
+        return engine_processing != want_processing
 
     from lstmscope.tracestats import TraceSummary
 
@@ -345,7 +351,7 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
             else:
                 w.put_steps(name, start, block)
 
-        trace_lstm(spec, params, seqs.data, lengths=seqs.lengths, h0=h0, c0=c0, dtype=opts.dtype,
+        trace_lstm(spec, params, seqs.data, lengths=seqs.lengths, h0=p.h0, c0=p.c0, dtype=opts.dtype,
                    device=opts.device, quantities=picked, sink=sink)
         if seqs.lengths is not None:
             w.put("lengths", seqs.lengths)

@@ -293,16 +293,13 @@ def reversed_reader(read_steps, lengths: np.ndarray | None, time: int, batch: in
             if out is None:
                 out = np.zeros((batch, stop - start, block.shape[2]), dtype=block.dtype)
             out[rows, : hi - lo] = block
-        if out is None:  # every sequence has ended before this chunk: padding only
-            first = read_steps(start, stop)
-            return first
-        if stop <= time:  # padding past each length: the original steps, as reverse_steps leaves them
-            pad = np.nonzero(lengths < stop)[0]
-            if pad.size:
-                orig = read_steps(start, stop)
-                t = np.arange(start, stop)[None, :]
-                keep = t >= lengths[pad][:, None]
-                out[pad] = np.where(keep[:, :, None], orig[pad], out[pad])
+        if out is None:  # every sequence has ended before this chunk: padding only, left where it was
+            return read_steps(start, stop)
+        pad = np.nonzero(lengths < stop)[0]  # padding past each length: the original steps, as reverse_steps
+        if pad.size:
+            orig = read_steps(start, stop)
+            keep = np.arange(start, stop)[None, :] >= lengths[pad][:, None]
+            out[pad] = np.where(keep[:, :, None], orig[pad], out[pad])
         return out
 
     return read

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from lstmscope.jsonout import jsonable
+
 from lstmscope.report import DIRECTIONS
 
 QUANTITIES = ("h", "c", "i", "f", "g", "o")
@@ -104,27 +106,12 @@ class TraceStats:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; NaN and ±Inf become None (an infinite memory length too)."""
-        return _jsonable({
+        return jsonable({
             "thresholds": {"sigmoid_low": SIGMOID_LOW, "sigmoid_high": SIGMOID_HIGH, "tanh_limit": TANH_LIMIT,
                            "unit_saturated_share": UNIT_SATURATED_SHARE},
             "rows": [asdict(r) for r in self.rows],
             "directions": [asdict(d) for d in self.directions],
         })
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    return x
 
 
 class _KeyState:

@@ -86,47 +86,23 @@ def lstm_reference_cells(params: dict, x, *, num_layers: int, bidirectional: boo
 
     x: (B, T, F) batch-first. Returns (output (B, T, D*H_out), h_n (L*D, B, H_out), c_n (L*D, B, H),
     layer_outputs), float64; output is 0 where t >= lengths[b]."""
-    gate, cell = _as_fn(gate_activation), _as_fn(cell_activation)
     x = np.asarray(x, dtype=np.float64)
     B, T, _ = x.shape
     D = 2 if bidirectional else 1
-    H = _f64(params["weight_hh_l0"]).shape[0] // 4
-    P = proj_size or H
+    trace = lstm_reference_trace(params, x, num_layers=num_layers, bidirectional=bidirectional,
+                                 proj_size=proj_size, lengths=lengths, h0=h0, c0=c0,
+                                 gate_activation=gate_activation, cell_activation=cell_activation)
     lens = np.full(B, T) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(B)
-    h0 = np.zeros((num_layers * D, B, P)) if h0 is None else _f64(h0)
-    c0 = np.zeros((num_layers * D, B, H)) if c0 is None else _f64(c0)
-    h_n = np.zeros((num_layers * D, B, P))
-    c_n = np.zeros((num_layers * D, B, H))
-    layer_outputs = []
-    inp = x
+    rows = np.arange(B)
+    h_n, c_n, layer_outputs = [], [], []
     for layer in range(num_layers):
-        outs = []
-        for d in range(D):
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            w_ih, w_hh = _f64(params["weight_ih" + sfx]), _f64(params["weight_hh" + sfx])
-            b = np.zeros(4 * H)
-            for name in ("bias_ih" + sfx, "bias_hh" + sfx):
-                if name in params:
-                    b = b + _f64(params[name])
-            w_hr = _f64(params["weight_hr" + sfx]) if proj_size else None
-            k = layer * D + d
-            out = np.zeros((B, T, P))
-            for bi in range(B):  # one sequence at a time, over its own steps only
-                h, c = h0[k, bi].copy(), c0[k, bi].copy()
-                n = int(lens[bi])
-                for t in (range(n) if d == 0 else range(n - 1, -1, -1)):
-                    z = w_ih @ inp[bi, t] + w_hh @ h + b
-                    i, f, g, o = gate(z[:H]), gate(z[H:2 * H]), cell(z[2 * H:3 * H]), gate(z[3 * H:])
-                    c = f * c + i * g
-                    h = o * cell(c)
-                    if w_hr is not None:
-                        h = w_hr @ h
-                    out[bi, t] = h
-                h_n[k, bi], c_n[k, bi] = h, c
-            outs.append(out)
-        inp = np.concatenate(outs, axis=2)
-        layer_outputs.append(inp)
-    return inp.copy(), h_n, c_n, layer_outputs
+        for d in range(D):  # the state after the last step a direction ran: len-1 forward, 0 backward
+            t = lens - 1 if d == 0 else np.zeros(B, dtype=np.int64)
+            h_n.append(trace[(layer, d, "h")][rows, t])
+            c_n.append(trace[(layer, d, "c")][rows, t])
+        out = np.concatenate([trace[(layer, d, "h")] for d in range(D)], axis=2)
+        layer_outputs.append(np.nan_to_num(out, nan=0.0))  # padding steps give 0, as nn.LSTM's output
+    return layer_outputs[-1].copy(), np.stack(h_n), np.stack(c_n), layer_outputs
 
 
 def lstm_reference_trace(params: dict, x, *, num_layers: int, bidirectional: bool, proj_size: int = 0,

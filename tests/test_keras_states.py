@@ -245,3 +245,35 @@ def test_show_state_lists_tensors_as_stored(invoke, tmp_path):
     doc = json.loads(invoke("show-state", tmp_path / "s.safetensors", "--json").stdout)
     assert doc["shapes"] == {"encoder/h": [3, 6], "encoder/c": [3, 6], "decoder/h": [3, 6], "decoder/c": [3, 6],
                              "output": [3, 10, 6]}
+
+
+def test_weights_only_file_with_recurrent_activation_override(keras, invoke, tmp_path):
+    """A .weights.h5 carries no config: lstmscope assumes sigmoid gates (and says so); --recurrent-activation
+    hard_sigmoid gives what Keras computes for the layer that saved it. On a PyTorch checkpoint the option
+    is refused in one line."""
+    from helpers import assert_one_error_line
+
+    keras.utils.set_random_seed(7)
+    layer = keras.layers.LSTM(4, recurrent_activation="hard_sigmoid", return_sequences=True, name="lstm")
+    model = keras.Sequential([keras.Input((None, 3)), layer])
+    path = tmp_path / "w.weights.h5"
+    model.save_weights(path)
+    x = np.random.default_rng(8).standard_normal((2, 5, 3)).astype(np.float32)
+    y, h, c = _keras_says(keras, layer, x)
+    assumed, _ = _export(invoke, path, x, tmp_path, name="assumed")
+    assert np.abs(assumed["output"] - y).max() > 1e-3  # sigmoid gates are not the layer's
+    told, _ = _export(invoke, path, x, tmp_path, "--recurrent-activation", "hard_sigmoid", name="told")
+    np.testing.assert_allclose(told["output"], y, atol=TOL, rtol=0)
+    np.testing.assert_allclose(told[f"{told_name(told)}/h"], h, atol=TOL, rtol=0)
+    np.save(tmp_path / "x.npy", x)
+    result = invoke("run", path, tmp_path / "x.npy", "--json")
+    assert any("recurrent_activation" in n for n in json.loads(result.stdout)["notes"])
+    uni = SAMPLE.parent / "uni_1layer.pt"
+    np.save(tmp_path / "x4.npy", np.load(SAMPLE.parent / "batch.npy"))
+    assert_one_error_line(invoke("run", uni, tmp_path / "x4.npy", "--activation", "relu"), uni, "Keras modules")
+
+
+def told_name(snapshot: dict) -> str:
+    """The one layer name in a one-layer Keras-layout snapshot."""
+    (name,) = {k.split("/")[0] for k in snapshot if "/" in k}
+    return name

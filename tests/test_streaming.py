@@ -417,3 +417,22 @@ def test_streamed_run_from_an_initial_state_equals_nn_lstm(invoke, files, tmp_pa
     got = load_file(str(out))
     np.testing.assert_allclose(got["h_n"], h.numpy(), rtol=0, atol=TOL)
     np.testing.assert_allclose(got["c_n"], c.numpy(), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("lengths", [None, [11, 3, 7, 1]])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 11])
+def test_go_backwards_order_whole_and_chunked(lengths, chunk):
+    """Keras go_backwards reads each sequence's own steps last first, padding left in place: the whole-array
+    reversal and the chunked reader both equal a per-sequence loop written here."""
+    from lstmscope.sequences import reverse_steps, reversed_reader
+
+    x = np.random.default_rng(0).standard_normal((4, 11, 3))
+    lens = None if lengths is None else np.array(lengths)
+    want = x.copy()
+    for b in range(4):
+        n = 11 if lens is None else lens[b]
+        want[b, :n] = x[b, :n][::-1]
+    np.testing.assert_array_equal(reverse_steps(x, lens), want)
+    read = reversed_reader(lambda s, e: x[:, s:e], lens, 11, 4)
+    got = np.concatenate([read(s, min(s + chunk, 11)) for s in range(0, 11, chunk)], axis=1)
+    np.testing.assert_array_equal(got, want)

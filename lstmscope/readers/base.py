@@ -72,6 +72,9 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)  # one-line facts about the file for stderr
     no_lstm_hint: str = ""  # why no module was found, in the format's terms (for the "holds no LSTM" error)
     framework_version: str | None = None  # e.g. Keras's keras_version attribute
+    # readers whose files may lack the cell's config (Keras) set this: (module, activation, recurrent_activation)
+    # -> the module with those activations; None: the format's cell is fixed (nn.LSTM's)
+    _cell_override: Callable[[LSTMModule, str | None, str | None], LSTMModule] | None = field(default=None, repr=False)
     single_layers: list[LSTMModule] = field(default_factory=list)  # each layer of a stacked Keras chain, alone:
     #                                                  --module accepts them too; inspect lists them under the chain
 
@@ -91,13 +94,11 @@ class Checkpoint:
         for Keras modules, whose weights-only files carry no config. Names are Keras's."""
         if activation is None and recurrent_activation is None:
             return module
-        if module.spec.framework != "keras":
+        if self._cell_override is None:
             raise UsageError("--activation and --recurrent-activation apply to Keras modules (a weights-only file "
-                             f"has no config); '{module.display_name}' is a PyTorch module, whose cell is nn.LSTM's")
-        from lstmscope.readers.keras import with_activations
-
-        return with_activations(module, activation=activation, recurrent_activation=recurrent_activation,
-                                keras_version=self.framework_version)
+                             f"has no config); module '{module.display_name}' of {self.path.name} is a PyTorch "
+                             "module, whose cell is nn.LSTM's")
+        return self._cell_override(module, activation, recurrent_activation)
 
     def reading_note(self) -> str | None:
         """One line for stderr when the file was read without running code from it, else None."""

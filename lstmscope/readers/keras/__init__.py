@@ -109,10 +109,14 @@ def _checkpoint(path: Path, fmt: str, found: _Listing) -> Checkpoint:
 
     hint = "; ".join(found.why_not) or ("no weights shaped like an LSTM's" if found.kind in (WEIGHTS_H5, KERAS3_WEIGHTS_H5)
                                         else "no LSTM layer in its config")
+    def cell_override(module: LSTMModule, activation: str | None, recurrent_activation: str | None) -> LSTMModule:
+        return with_activations(module, activation=activation, recurrent_activation=recurrent_activation,
+                                keras_version=found.version)
+
     return Checkpoint(path=path, format=found.kind, sha256=file_sha256(path), tensors=found.tensors,
-                           modules=[m for m, _ in modules], _parameters=parameters, other_recurrent=found.others,
-                           notes=found.notes, no_lstm_hint=hint, framework_version=found.version,
-                           single_layers=[m for m, _ in singles])
+                      modules=[m for m, _ in modules], _parameters=parameters, other_recurrent=found.others,
+                      notes=found.notes, no_lstm_hint=hint, framework_version=found.version,
+                      single_layers=[m for m, _ in singles], _cell_override=cell_override)
 
 
 def _isolated(path: Path, fn: Callable[[], Any]) -> Any:
