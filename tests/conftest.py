@@ -60,3 +60,15 @@ def invoke(runner):
         return runner.invoke(app, [str(a) for a in args])
 
     return _invoke
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a second one stalls when another process holds a core
+    (torch is imported only by the tests that ask for this)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

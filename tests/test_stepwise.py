@@ -24,13 +24,7 @@ I, H, B, T = 3, 5, 4, 7
 LENGTHS = [3, 7, 1, 5]  # unsorted, with a length-1 and a full-length sequence
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a second one stalls when another process holds a core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_lstm(dtype, *, seed=0, **kw) -> torch.nn.LSTM:

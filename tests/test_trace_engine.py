@@ -22,12 +22,7 @@ I, H, B, T = 3, 5, 4, 7
 LENGTHS = [3, 6, 1, 5]  # unsorted, a length-1 sequence, and none reaches T: steps 6.. are padding for all
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=[None, 3, 1], ids=["one_block", "blocks_of_3", "blocks_of_1"])
