@@ -21,14 +21,17 @@ pieces: the header first, then each block at its place, atomically.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lstmscope import __version__
-from lstmscope.errors import UsageError
+from lstmscope.arrays import DiskArray
+from lstmscope.errors import StateError, UsageError
 from lstmscope.snapshot import SnapshotWriter, array_sha256
 from lstmscope.spec import LSTMSpec
 
@@ -147,3 +150,101 @@ def trace_document(path: Path, sha256: str, size: int, meta: dict[str, Any],
         "tensors": {name: list(shape) for name, (_, shape) in sorted(layout.items())},
         "summary": None if summary is None else summary.to_dict(),
     }
+
+
+@dataclass
+class TraceFile:
+    """A trace read from disk: its metadata and its tensors, none of them read yet."""
+
+    path: Path
+    meta: dict[str, Any]  # the lstmscope.trace entry (see trace_metadata)
+    spec: LSTMSpec
+    tensors: dict[str, DiskArray]  # name -> (batch, time, width), as trace_layout names them
+    lengths: np.ndarray | None  # (batch,) int64, when the input had lengths
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    @property
+    def time(self) -> int:
+        return next(iter(self.tensors.values())).shape[1]
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        return tuple(self.meta["quantities"])
+
+    @property
+    def time_order(self) -> str:
+        return self.meta["time_order"]
+
+    def name(self, layer: int, direction: int, quantity: str) -> str:
+        return tensor_name(self.spec, layer, direction, quantity)
+
+    def keys(self) -> list[tuple[int, int, str]]:
+        """Every (layer, direction, quantity) the file holds, in layer, direction, quantity order."""
+        return [(layer, d, q) for layer in range(self.spec.num_layers) for d in range(self.spec.num_directions)
+                for q in self.quantities]
+
+
+def trace_meta(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    """The parsed ``lstmscope.trace`` entry of a safetensors header's metadata, or None when it has none."""
+    if not raw or METADATA_KEY not in raw:
+        return None
+    try:
+        meta = json.loads(raw[METADATA_KEY])
+    except json.JSONDecodeError:
+        raise StateError(f"metadata '{METADATA_KEY}' is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        got = meta.get("format_version") if isinstance(meta, dict) else meta
+        raise StateError(f"unsupported lstmscope trace format_version {got!r}; this lstmscope reads {FORMAT_VERSION}")
+    return meta
+
+
+def read_trace(path: str | os.PathLike) -> TraceFile:
+    """A trace file lstmscope wrote (``lstmscope trace -o``), checked against its own metadata; StateError
+    for anything else, saying what it is."""
+    from lstmscope.dtypes import NUMPY
+    from lstmscope.fileio import check_source
+    from lstmscope.readers.safetensors import read_header
+
+    path = Path(path)
+    check_source(path, "trace (.safetensors)", StateError)
+    layout, raw = read_header(path, StateError)
+    try:
+        meta = trace_meta(raw)
+    except StateError as e:
+        raise StateError(f"{path}: {e.message}") from None
+    if meta is None:
+        raise StateError(f"{path} is not an lstmscope trace (no '{METADATA_KEY}' metadata); write one with "
+                         "lstmscope trace CHECKPOINT INPUT -o TRACE.safetensors")
+    try:
+        spec = LSTMSpec.from_dict(meta["spec"])
+        quantities = parse_quantities(",".join(meta["quantities"]))
+        check_order(meta["time_order"])
+    except (KeyError, TypeError, ValueError, UsageError) as e:
+        raise StateError(f"{path}: the trace metadata is incomplete or invalid ({e})") from None
+    tensors: dict[str, DiskArray] = {}
+    lengths = None
+    for name, (dtype, shape, begin, _) in layout.items():
+        if dtype not in NUMPY:
+            raise StateError(f"{path}: tensor {name} is {dtype}; a trace holds float16/32/64 tensors")
+        a = DiskArray(path, begin, tuple(shape), NUMPY[dtype], error=StateError)
+        if name == "lengths":
+            lengths = a.read().astype(np.int64).reshape(-1)
+        else:
+            tensors[name] = a
+    expected = {tensor_name(spec, layer, d, q) for layer in range(spec.num_layers)
+                for d in range(spec.num_directions) for q in quantities}
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise StateError(f"{path}: the tensors do not match the trace metadata (missing: {', '.join(missing) or '-'}; "
+                         f"unexpected: {', '.join(extra) or '-'})")
+    shapes = {a.shape[:2] for a in tensors.values()}
+    if len(shapes) != 1 or any(a.ndim != 3 or a.shape[2] != quantity_width(spec, name.rsplit("/", 1)[1])
+                               for name, a in tensors.items()):
+        raise StateError(f"{path}: the trace tensors disagree on (batch, time) or have the wrong width for the spec")
+    batch, time = shapes.pop()
+    if lengths is not None and (lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time):
+        raise StateError(f"{path}: lengths {lengths.tolist()} do not fit (batch {batch}, time {time})")
+    return TraceFile(path, meta, spec, tensors, lengths)
