@@ -303,11 +303,12 @@ class TraceOutcome:
 
 
 def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = None, order: str = "input",
-          force: bool = False) -> TraceOutcome:
+          force: bool = False, check=None) -> TraceOutcome:
     """Run ``opts`` step by step and write every step of every layer, direction and quantity to ``out``
     (see lstmscope.tracefile for the file). Blocks go to their place in the file as the engine makes them,
     so the whole trace is never held. ``quantities``: "h,c,i,f,g,o" or a part (None: all); ``order``:
-    "input" or "processing"."""
+    "input" or "processing". ``check(module, sequences, quantities)``, when given, is called once the
+    checkpoint and input are read and before anything runs or is written (to refuse bad options early)."""
     from lstmscope.fileio import check_target, refuse_overwriting_sources
     from lstmscope.tracefile import TraceWriter, check_order, parse_quantities, trace_layout, trace_metadata
 
@@ -318,6 +319,8 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
     p = _prepare(opts)
     ck, module, spec, seqs, notes = p.checkpoint, p.module, p.module.spec, p.sequences, p.notes
+    if check is not None:
+        check(module, seqs, picked)
     from lstmscope.engine.trace import trace_lstm
 
     threads = _threads(opts, spec, seqs)
