@@ -382,8 +382,10 @@ def trace(
     quantities: Annotated[Optional[str], typer.Option("--quantities", help="Which quantities to store, comma-separated from h,c,i,f,g,o (h_t, c_t, input/forget gate, candidate, output gate). Default: all.", show_default=False)] = None,
     order: Annotated[str, typer.Option("--order", help="Time order of the stored steps: input (step t is the state after reading x[t], the backward direction too) or processing (each direction in the order it ran: the backward direction's steps reversed per sequence).")] = "input",
     force: ForceOpt = False,
+    chunk_size: ChunkOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
+    tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed trace keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)] = None,
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
     quiet: QuietOpt = False,
@@ -405,7 +407,8 @@ def trace(
     outcome = do_trace(RunOptions(
         checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
         dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads, device=device,
-        activation=activation, recurrent_activation=recurrent_activation,
+        activation=activation, recurrent_activation=recurrent_activation, chunk_size=chunk_size,
+        tmp_dir=None if tmp_dir is None else str(tmp_dir),
     ), output, quantities=quantities, order=order, force=force)
     for note in outcome.notes:
         sys.stderr.write(note + "\n")
@@ -418,7 +421,8 @@ def trace(
         from lstmscope.tracefile import trace_document
 
         sys.stdout.write(dumps(trace_document(path, file_sha256(path), size, outcome.meta, outcome.layout,
-                                              outcome.summary)) + "\n")
+                                              outcome.summary, chunk_size=outcome.chunk_size,
+                                              threads=outcome.threads)) + "\n")
         return
     from lstmscope.render import render_trace
 

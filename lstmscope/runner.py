@@ -300,15 +300,19 @@ class TraceOutcome:
     notes: list[str] = field(default_factory=list)  # one-line remarks for stderr
     threads: int = 1
     summary: Any = None  # lstmscope.tracestats.TraceStats of what was written
+    chunk_size: int | None = None  # steps per chunk when the trace was streamed
 
 
 def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = None, order: str = "input",
-          force: bool = False, check=None) -> TraceOutcome:
+          force: bool = False, check=None, progress=None) -> TraceOutcome:
     """Run ``opts`` step by step and write every step of every layer, direction and quantity to ``out``
     (see lstmscope.tracefile for the file). Blocks go to their place in the file as the engine makes them,
     so the whole trace is never held. ``quantities``: "h,c,i,f,g,o" or a part (None: all); ``order``:
     "input" or "processing". ``check(module, sequences, quantities)``, when given, is called once the
-    checkpoint and input are read and before anything runs or is written (to refuse bad options early)."""
+    checkpoint and input are read and before anything runs or is written (to refuse bad options early).
+    A long input streams (``opts.chunk_size``, automatic as for ``run``: see plan_chunks) in flat memory,
+    with temporary files in ``opts.tmp_dir``; ``progress(done, total)`` counts steps of every layer and
+    direction."""
     from lstmscope.fileio import check_target, refuse_overwriting_sources
     from lstmscope.tracefile import TraceWriter, check_order, parse_quantities, trace_layout, trace_metadata
 
@@ -321,9 +325,12 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     ck, module, spec, seqs, notes = p.checkpoint, p.module, p.module.spec, p.sequences, p.notes
     if check is not None:
         check(module, seqs, picked)
-    from lstmscope.engine.trace import trace_lstm
+    from lstmscope.engine.trace import stream_trace, trace_lstm
+    from lstmscope.tracefile import tensor_name
+    from lstmscope.tracestats import TraceSummary
 
     threads = _threads(opts, spec, seqs)
+    chunk = plan_chunks(opts, spec, seqs)
     run_dtype = opts.dtype or spec.dtype
     np_dtype = "float32" if run_dtype == "bfloat16" else run_dtype  # bfloat16 traces come back as float32
     params = ck.parameters(module)
@@ -332,30 +339,29 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
                           input_sha256=seqs.sha256, lengths=seqs.lengths, initial_state_sha256=p.initial_state_sha256,
                           time_order=order, quantities=picked)
     lens = seqs.lengths if seqs.lengths is not None else np.full(seqs.batch, seqs.time, dtype=np.int64)
-    from lstmscope.tracefile import tensor_name
 
-    def reversed_in_file(direction: int) -> bool:
-        """Whether the engine's blocks must be reversed per sequence to reach ``order``: they come in input-time
-        order, except for a go_backwards layer (processing order); processing order differs from input order
-        for the backward direction and for go_backwards."""
-        engine_processing = spec.go_backwards
-        want_processing = order == "processing" and (direction == 1 or spec.go_backwards)
-        return engine_processing != want_processing
+    def stored_flipped(direction: int) -> bool:
+        """Whether the file keeps this direction reversed per sequence: processing order, for a direction that
+        ran backwards (the backward one, or a go_backwards layer)."""
+        return order == "processing" and ((direction == 1) != spec.go_backwards)
 
-    from lstmscope.tracestats import TraceSummary
-
-    summary = TraceSummary(lengths=seqs.lengths)  # O(width) per key, fed the same blocks as the file
+    summary = TraceSummary(lengths=lens)  # O(width) per key, fed the same blocks as the file
     with TraceWriter(out_path, layout, meta, force=force) as w:
-        def sink(layer: int, direction: int, quantity: str, start: int, block: np.ndarray) -> None:
-            summary.add(layer, ("forward", "backward")[direction], quantity, start, block)
+        def sink(layer: int, direction: int, quantity: str, start: int, block: np.ndarray, flipped: bool) -> None:
+            summary.add(layer, ("forward", "backward")[direction], quantity, start, block, flipped=flipped)
             name = tensor_name(spec, layer, direction, quantity)
-            if reversed_in_file(direction):
+            if flipped != stored_flipped(direction):
                 w.put_reversed_steps(name, start, block, lens)
             else:
                 w.put_steps(name, start, block)
 
-        trace_lstm(spec, params, seqs.data, lengths=seqs.lengths, h0=p.h0, c0=p.c0, dtype=opts.dtype,
-                   device=opts.device, quantities=picked, sink=sink)
+        run = dict(lengths=seqs.lengths, h0=p.h0, c0=p.c0, dtype=opts.dtype, device=opts.device, quantities=picked,
+                   sink=sink, progress=progress)
+        if chunk is None:
+            trace_lstm(spec, params, seqs.data, **run)
+        else:
+            stream_trace(spec, params, seqs.read_steps, batch=seqs.batch, time=seqs.time, chunk_size=chunk,
+                         tmp_dir=opts.tmp_dir, **run)
         if seqs.lengths is not None:
             w.put("lengths", seqs.lengths)
-    return TraceOutcome(module, seqs, out_path, meta, layout, notes, threads, summary.result())
+    return TraceOutcome(module, seqs, out_path, meta, layout, notes, threads, summary.result(), chunk)

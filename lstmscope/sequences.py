@@ -282,7 +282,7 @@ def reversed_reader(read_steps, lengths: np.ndarray | None, time: int, batch: in
 
     def read(start: int, stop: int) -> np.ndarray:
         if lengths is None:
-            return np.ascontiguousarray(read_steps(time - stop, time - start)[:, ::-1])
+            return read_steps(time - stop, time - start)[:, ::-1].copy()  # a copy: no negative strides, even for 1 step
         out = None
         for n in np.unique(lengths):
             rows = np.nonzero(lengths == n)[0]

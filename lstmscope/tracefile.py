@@ -139,13 +139,17 @@ class TraceWriter(SnapshotWriter):
 
 
 def trace_document(path: Path, sha256: str, size: int, meta: dict[str, Any],
-                   layout: dict[str, tuple[str, tuple[int, ...]]], summary=None) -> dict[str, Any]:
-    """The ``--json`` document of ``lstmscope trace``; ``summary`` is a tracestats.TraceStats (its to_dict())."""
+                   layout: dict[str, tuple[str, tuple[int, ...]]], summary=None, *, chunk_size: int | None = None,
+                   threads: int | None = None) -> dict[str, Any]:
+    """The ``--json`` document of ``lstmscope trace``; ``summary`` is a tracestats.TraceStats (its to_dict());
+    ``chunk_size``: steps per chunk when the trace was streamed (None: one whole run)."""
     return {
         "schema": SCHEMA,
         "path": str(path),
         "sha256": sha256,
         "bytes": size,
+        "chunk_size": chunk_size,
+        "threads": threads,
         "metadata": meta,
         "tensors": {name: list(shape) for name, (_, shape) in sorted(layout.items())},
         "summary": None if summary is None else summary.to_dict(),

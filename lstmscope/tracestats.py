@@ -143,8 +143,12 @@ class TraceSummary:
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
         self._keys: dict[tuple[int, str, str], _KeyState] = {}
 
-    def add(self, layer: int, direction: str, quantity: str, start: int, block: np.ndarray) -> None:
-        """Take steps ``start .. start + steps - 1`` of one key: ``block`` is (batch, steps, width)."""
+    def add(self, layer: int, direction: str, quantity: str, start: int, block: np.ndarray, *,
+            flipped: bool = False) -> None:
+        """Take steps ``start .. start + steps - 1`` of one key: ``block`` is (batch, steps, width). ``flipped``:
+        the block holds each sequence's own steps reversed (a processing-order block of a backward direction:
+        row s of sequence b is input step ``lengths[b] - 1 - (start + s)`` while that is >= 0); the figures are
+        the same either way, except where the largest |c| is, which is reported in input steps."""
         if quantity not in QUANTITIES:
             raise ValueError(f"unknown quantity {quantity!r}: expected one of {', '.join(QUANTITIES)}")
         block = np.asarray(block)
@@ -162,6 +166,8 @@ class TraceSummary:
                              f"{(batch, width)} after blocks of {(st.batch, st.width)}")
         if self._lengths is not None and self._lengths.shape[0] != batch:
             raise ValueError(f"{len(self._lengths)} lengths for a batch of {batch}")
+        if flipped and self._lengths is None:
+            raise ValueError("a flipped block needs the lengths (give every sequence's, the full time included)")
         st.steps += steps
         if steps == 0 or batch == 0 or width == 0:
             return
@@ -191,6 +197,11 @@ class TraceSummary:
             if m >= 0:
                 b, s, u = np.unravel_index(flat, mag.shape)
                 at = (int(b), int(start + s), int(u))
+                if flipped:  # the first in input order among the maxima, each at its input step
+                    bs, ss, us = np.nonzero(mag == m)
+                    total = self._lengths[bs]
+                    ts = np.where(start + ss < total, total - 1 - (start + ss), start + ss)
+                    at = min(zip(bs.tolist(), ts.tolist(), us.tolist()))
                 if m > st.max_abs or (m == st.max_abs and (st.max_abs_at is None or at < st.max_abs_at)):
                     st.max_abs, st.max_abs_at = m, at
 

@@ -288,3 +288,61 @@ def test_summary_figures_equal_numpy_on_the_written_trace(invoke, tmp_path):
         if r["quantity"] in ("i", "f", "o"):
             valid = a[~np.isnan(a)]
             np.testing.assert_allclose(r["saturated_share"], np.mean((valid < 0.05) | (valid > 0.95)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("order", ["input", "processing"])
+def test_streamed_trace_equals_the_whole_one_and_the_reference(tmp_path, invoke, order):
+    """--chunk-size streams the trace (layer by layer, temporary files in --tmp-dir, removed afterwards): the
+    same tensors to float32 rounding as the whole run, every gate equal to the float64 reference, and the
+    same summary."""
+    _, params, ck, inp, lens, x = make_checkpoint(tmp_path, num_layers=2, bidirectional=True)
+    whole, chunked, tmp = tmp_path / "whole.safetensors", tmp_path / "chunked.safetensors", tmp_path / "tmp"
+    tmp.mkdir()
+    a = ok(invoke("trace", ck, inp, "--lengths", lens, "-o", whole, "--order", order, "--json"))
+    b = ok(invoke("trace", ck, inp, "--lengths", lens, "-o", chunked, "--order", order, "--json",
+                  "--chunk-size", "2", "--tmp-dir", tmp))
+    assert list(tmp.iterdir()) == []
+    ta, tb = load_file(whole), load_file(chunked)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        np.testing.assert_allclose(tb[k], ta[k], atol=1e-6, rtol=0, equal_nan=True)
+    ref = lstm_reference_trace(params, x, num_layers=2, bidirectional=True, lengths=LENGTHS)
+    for (layer, d, q), want in ref.items():
+        got = tb[f"layer{layer}/{('forward', 'backward')[d]}/{q}"]
+        if order == "processing" and d == 1:
+            got = got.copy()
+            for i, n in enumerate(LENGTHS):
+                got[i, :n] = got[i, :n][::-1].copy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, equal_nan=True)
+    sa, sb = json.loads(a.stdout)["summary"], json.loads(b.stdout)["summary"]
+    for ra, rb in zip(sa["rows"] + sa["directions"], sb["rows"] + sb["directions"]):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            if isinstance(ra[key], float):
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key
+            elif key != "dead_unit_indices":
+                assert rb[key] == ra[key], key
+
+
+def test_long_inputs_stream_by_themselves(tmp_path, invoke, monkeypatch):
+    """Past the automatic threshold (made tiny here) the trace streams without being asked, as run does."""
+    from lstmscope import runner
+
+    monkeypatch.setattr(runner, "AUTO_STREAM_BYTES", 64)
+    monkeypatch.setattr(runner, "MIN_AUTO_CHUNK", 2)
+    monkeypatch.setattr(runner, "AUTO_CHUNK_BYTES", 300)
+    _, params, ck, inp, _, x = make_checkpoint(tmp_path, num_layers=1, bidirectional=True)
+    out = tmp_path / "t.safetensors"
+    doc = json.loads(ok(invoke("trace", ck, inp, "-o", out, "--json")).stdout)
+    assert doc["chunk_size"] is not None and 2 <= doc["chunk_size"] < T
+    ref = lstm_reference_trace(params, x, num_layers=1, bidirectional=True)
+    got = load_file(out)
+    for (layer, d, q), want in ref.items():
+        np.testing.assert_allclose(got[f"layer0/{('forward', 'backward')[d]}/{q}"], want, atol=1e-5, rtol=0)
+
+
+def test_bad_chunk_size(tmp_path, invoke):
+    _, _, ck, inp, _, _ = make_checkpoint(tmp_path)
+    out = tmp_path / "t.safetensors"
+    assert_error_no_file(invoke("trace", ck, inp, "-o", out, "--chunk-size", "-3"), out, "--chunk-size -3")
+    assert not out.exists()

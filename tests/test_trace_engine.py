@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lstmscope.engine import stepwise
-from lstmscope.engine.trace import QUANTITIES, trace_lstm
+from lstmscope.engine.trace import QUANTITIES, stream_trace, trace_lstm
 from lstmscope.errors import InputError, StateError, UsageError
 from lstmscope.spec import KERAS2_HARD_SIGMOID, Activation, LSTMSpec
 from reference_cells import lstm_reference_trace
@@ -201,7 +201,8 @@ def test_sink_gets_every_step_once_and_the_same_numbers(monkeypatch):
     assert set(whole) == {(layer, d, q) for layer in range(2) for d in range(2) for q in ("f", "h")}
     seen: dict = {}
 
-    def sink(layer, direction, quantity, start, block):
+    def sink(layer, direction, quantity, start, block, flipped):
+        assert not flipped  # the whole run hands over input-time blocks (go_backwards aside)
         assert block.flags.c_contiguous and block.flags.writeable
         arr = seen.setdefault((layer, direction, quantity), np.full((B, T, block.shape[2]), -1.0))
         assert (arr[:, start:start + block.shape[1]] == -1.0).all()  # not handed over before
@@ -237,3 +238,82 @@ def test_bad_arguments():
     h0, c0 = initial_state(spec)
     with pytest.raises(StateError, match="h0 has shape"):
         trace_lstm(spec, params, x, h0=h0[:, :2], c0=c0)
+
+
+def streamed(spec, params, x, chunk, **kw) -> dict:
+    """stream_trace's blocks put together in input-time order by the test itself (not by the code under test)."""
+    batch, time = x.shape[:2]
+    lengths = kw.get("lengths")
+    full = np.full(batch, time) if lengths is None else np.asarray(lengths)
+    out: dict = {}
+    handed: dict = {}
+
+    def sink(layer, direction, quantity, start, block, flipped):
+        key = (layer, direction, quantity)
+        arr = out.setdefault(key, np.full((batch, time, block.shape[2]), -7.0))
+        seen = handed.setdefault(key, np.zeros((batch, time), bool))
+        for b in range(batch):
+            for s in range(block.shape[1]):
+                t = start + s
+                if flipped and t < full[b]:
+                    t = full[b] - 1 - t  # each sequence's own steps, reversed
+                assert not seen[b, t], (key, b, t)
+                seen[b, t] = True
+                arr[b, t] = block[b, s]
+
+    stream_trace(spec, params, lambda a, e: x[:, a:e], batch=batch, time=time, chunk_size=chunk, sink=sink, **kw)
+    assert all(seen.all() for seen in handed.values())  # every step of every key exactly once
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100], ids=["chunks_of_1", "chunks_of_3", "one_chunk"])
+@pytest.mark.parametrize("case", ["standard_2_layers", "proj_size_bidirectional_no_bias", "bidirectional",
+                                  "keras_hard_sigmoid_relu"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_streamed_trace_equals_the_reference(case, chunk, with_lengths, tmp_path):
+    """A trace streamed chunk by chunk (layer by layer, the backward direction over reversed chunks, through
+    temporary files) gives every step of every key once, equal to the reference, with NaN padding."""
+    spec, params, _ = make("float64", **CASES[case])
+    x = inputs("float64")
+    lengths = np.array(LENGTHS) if with_lengths else None
+    h0, c0 = initial_state(spec)
+    got = streamed(spec, params, x, chunk, lengths=lengths, h0=h0, c0=c0, tmp_dir=str(tmp_path))
+    assert_traces_equal(got, reference(spec, params, x, lengths=lengths, h0=h0, c0=c0), TOL["float64"])
+    assert list(tmp_path.iterdir()) == []  # the temporary files are gone
+
+
+def test_streamed_go_backwards_is_the_reversed_sequence():
+    spec, params, _ = make("float64", num_layers=2, go_backwards=True)
+    x, lengths = inputs("float64"), np.array(LENGTHS)
+    x_rev = x.copy()
+    for b, n in enumerate(LENGTHS):
+        x_rev[b, :n] = x[b, :n][::-1]
+    want = reference(spec, params, x_rev, lengths=lengths)  # in processing order: turn it to input order
+    for key, w in want.items():
+        for b, n in enumerate(LENGTHS):
+            w[b, :n] = w[b, :n][::-1].copy()
+    assert_traces_equal(streamed(spec, params, x, 2, lengths=lengths), want, TOL["float64"])
+
+
+def test_streamed_float32_within_rounding_of_the_whole_run():
+    spec, params, _ = make("float32", num_layers=2, bidirectional=True)
+    x, lengths = inputs("float32"), np.array(LENGTHS)
+    whole = trace_lstm(spec, params, x, lengths=lengths)
+    assert_traces_equal(streamed(spec, params, x, 2, lengths=lengths),
+                        {k: v.astype(np.float64) for k, v in whole.items()}, 1e-6)
+
+
+def test_streamed_temporary_files_go_on_failure(tmp_path):
+    spec, params, _ = make("float64", num_layers=2, bidirectional=True)
+    x = inputs("float64")
+    calls = []
+
+    def sink(layer, direction, quantity, start, block, flipped):
+        calls.append(layer)
+        if layer == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stream_trace(spec, params, lambda a, e: x[:, a:e], batch=B, time=T, chunk_size=2, sink=sink,
+                     tmp_dir=str(tmp_path))
+    assert 0 in calls and list(tmp_path.iterdir()) == []

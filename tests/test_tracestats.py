@@ -297,3 +297,35 @@ def test_max_abs_c_ties_go_to_the_first_position_whatever_the_order(seed):
         s.add(0, "backward", "c", a, x[:, a:b])
     d = s.result().direction(0, "backward")
     assert (d.max_abs_c, d.max_abs_c_at) == (2.0, (1, 0, 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 4), time=st.integers(1, 10), width=st.integers(1, 4))
+def test_flipped_blocks_give_the_same_figures_and_the_input_step_of_max_c(seed, batch, time, width):
+    """Blocks in a backward direction's processing order (each sequence's own steps reversed) give the figures
+    of the input-order trace, the place of the largest |c| included (ties: the first in input order)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, time + 1, size=batch)
+    c = rng.standard_normal((batch, time, width)).round(1)  # rounding makes ties likely
+    c[np.arange(time)[None, :] >= lengths[:, None]] = np.nan
+    flipped = c.copy()
+    for b, n in enumerate(lengths):
+        flipped[b, :n] = c[b, :n][::-1]
+    plain, rev = TraceSummary(lengths=lengths), TraceSummary(lengths=lengths)
+    plain.add(0, "backward", "c", 0, c)
+    start = 0
+    while start < time:
+        n = int(rng.integers(1, time - start + 1))
+        rev.add(0, "backward", "c", start, flipped[:, start:start + n], flipped=True)
+        start += n
+    a, r = plain.result().to_dict(), rev.result().to_dict()
+    close(a["rows"][0].pop("mean"), r["rows"][0].pop("mean"))  # sums in another order
+    assert a == r
+    mag = np.where(np.isnan(c), -1, np.abs(c))
+    b, t, u = np.unravel_index(int(np.argmax(mag)), mag.shape)  # first maximum in (batch, step, unit) order
+    assert tuple(rev.result().directions[0].max_abs_c_at) == (int(b), int(t), int(u))
+
+
+def test_flipped_blocks_need_lengths():
+    with pytest.raises(ValueError, match="lengths"):
+        TraceSummary().add(0, "backward", "c", 0, np.zeros((1, 2, 1)), flipped=True)
