@@ -315,8 +315,8 @@ def import_state(
 @app.command("diff-states")
 @guarded
 def diff_states(
-    a: Annotated[Path, typer.Argument(help="State file A.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="State file B, the reference.", show_default=False)],
+    a: Annotated[Path, typer.Argument(help="State file or trace A.", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="State file or trace B, the reference.", show_default=False)],
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance (times |b|).")] = 1.3e-6,
     equal_nan: Annotated[bool, typer.Option("--equal-nan", help="NaN in both files at the same place counts as equal.")] = False,
@@ -324,20 +324,21 @@ def diff_states(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only set the exit code (0 equal, 1 different, 2 unreadable).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compare two state snapshots per layer and direction. Exit 0 equal, 1 different, 2 unreadable.
+    """Compare two state snapshots per layer and direction, or two traces per layer, direction and quantity.
+    Exit 0 equal, 1 different, 2 unreadable.
+
+    Traces (lstmscope trace -o) also show, per row, the first step over tolerance and the max |diff| at every
+    step (steps past a sequence's length are left out): float32 drifting from float64 over a long sequence.
 
     --quiet overrides --json: nothing is printed.
 
     An element passes when |a - b| <= atol + rtol * |b|; defaults are torch.testing's float32 ones.
     """
-    from lstmscope.compare import diff_states as do_diff
-    from lstmscope.snapshot import read_state_file
+    from lstmscope.compare import diff_files
 
     if atol < 0 or rtol < 0:
         raise fail("--atol and --rtol must be >= 0")
-    sa = read_state_file(a)
-    sb = read_state_file(b)
-    res = do_diff(sa, sb, atol=atol, rtol=rtol, equal_nan=equal_nan, num_directions=num_directions)
+    res = diff_files(a, b, atol=atol, rtol=rtol, equal_nan=equal_nan, num_directions=num_directions)
     from lstmscope.jsonout import diff_document
 
     _emit(lambda: diff_document(res), "render_diff", res, json_out=json_out, quiet=quiet)

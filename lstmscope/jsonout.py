@@ -160,8 +160,13 @@ def state_document(state, view: StateView) -> dict:
 
 
 def diff_document(res) -> dict:
+    """``lstmscope.diff/1``. ``kind`` says what was compared: "state" (snapshots) or "trace"; trace rows add
+    ``quantity``, ``first_step_over_tolerance`` and ``per_step_max_abs_diff`` (null where every sequence is
+    padding, or where NaN/Inf differ)."""
+    trace = res.kind == "trace"
     return {
         "schema": DIFF_SCHEMA,
+        "kind": res.kind,
         "a": res.a,
         "b": res.b,
         "equal": res.equal,
@@ -169,11 +174,21 @@ def diff_document(res) -> dict:
         "atol": res.atol,
         "rtol": res.rtol,
         "equal_nan": res.equal_nan,
-        "rows": [{"tensor": r.tensor, "layer": r.layer, "direction": r.direction, "shape": r.shape,
-                  "shape_b": r.shape_b, "max_abs_diff": r.max_abs_diff, "max_abs_diff_at": r.max_abs_diff_at,
-                  "max_rel_diff": r.max_rel_diff, "mismatched": r.mismatched, "total": r.total,
-                  "mismatched_pct": r.mismatched_pct, "cosine": r.cosine, "pass": r.passed} for r in res.rows],
+        "rows": [_diff_row(r, trace) for r in res.rows],
         "only_in_a": res.only_in_a,
         "only_in_b": res.only_in_b,
         "metadata_differences": {"architecture": res.architecture, "provenance": res.provenance},
     }
+
+
+def _diff_row(r, trace: bool) -> dict:
+    row = {"tensor": r.tensor, "layer": r.layer, "direction": r.direction, "shape": r.shape,
+           "shape_b": r.shape_b, "max_abs_diff": r.max_abs_diff, "max_abs_diff_at": r.max_abs_diff_at,
+           "max_rel_diff": r.max_rel_diff, "mismatched": r.mismatched, "total": r.total,
+           "mismatched_pct": r.mismatched_pct, "cosine": r.cosine, "pass": r.passed}
+    if trace:
+        steps = r.per_step_max_abs_diff
+        row.update({"quantity": r.quantity, "first_step_over_tolerance": r.first_step_over,
+                    "per_step_max_abs_diff": None if steps is None else
+                    [v if math.isfinite(v) else None for v in steps.tolist()]})  # one pass, not jsonable's recursion
+    return row

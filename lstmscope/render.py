@@ -6,6 +6,8 @@ Colour marks ok / mismatch only. Every cell that carries a name or an index expr
 
 from __future__ import annotations
 
+import math
+
 from rich import box
 from rich.console import Console
 from rich.padding import Padding
@@ -350,6 +352,9 @@ def render_diff(console: Console, res) -> None:
             short = ["-" if v is None else v[:12] + "..." if f.endswith("sha256") and isinstance(v, str) else v
                      for v in (va, vb)]
             console.print(Text(f"{kind} differs: {f}: {short[0]} (A) vs {short[1]} (B)", style=style))
+    if res.kind == "trace":
+        _render_trace_diff(console, res)
+        return
     if not res.comparable:
         console.print(Text("Not comparable: the two states come from differently shaped LSTMs or batches.", style=BAD_STYLE))
         return
@@ -378,6 +383,117 @@ def render_diff(console: Console, res) -> None:
         console.print(Text(f"States differ: {bad} of {len(res.rows)} rows fail"
                            + (", tensors missing on one side" if res.only_in_a or res.only_in_b else "") + ".",
                            style=BAD_STYLE))
+
+
+SPARK = "▁▂▃▄▅▆▇█"  # per-step profile levels, low to high
+SPARK_ASCII = ".:-=+*#@"  # the same where the console cannot print Unicode
+
+
+def _render_trace_diff(console: Console, res) -> None:
+    """Trace rows: a table (per layer, direction, quantity) and the max |diff| profile over time."""
+    if not res.comparable:
+        if "time_order" in res.architecture:
+            oa, ob = res.architecture["time_order"]
+            why = (f"A is stored in {oa}-time order and B in {ob}-time order; a processing-order trace cannot be "
+                   "compared step by step with an input-order one (trace both with the same --order).")
+        else:
+            why = "the two traces come from differently shaped LSTMs, batches, lengths or numbers of steps."
+        console.print(Text(f"Not comparable: {why}", style=BAD_STYLE))
+        return
+    if res.rows:
+        batch, time, _ = res.rows[0].shape
+        console.print(Text(f"{batch} sequence{'s' if batch != 1 else ''} x {time:,} steps; padding (steps past a "
+                           "sequence's length) left out", style="dim"))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name, justify in (("layer", "right"), ("dir", "left"), ("q", "left"), ("max |diff|", "right"),
+                          ("at", "left"), ("1st over", "right"), ("% over", "right"), ("", "left")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "at", min_width=4 if not name else None)
+    for r in res.rows:
+        mark = Text("PASS", style=OK_STYLE) if r.passed else Text("FAIL", style=BAD_STYLE)
+        at = "(" + ",".join(str(i) for i in r.max_abs_diff_at) + ")" if r.max_abs_diff_at else ""
+        first = Text("-", style="dim") if r.first_step_over is None else Text(f"{r.first_step_over:,}", style=BAD_STYLE)
+        table.add_row(str(r.layer), DIR_SHORT[r.direction], r.quantity, _num(r.max_abs_diff, ".2e"), at, first,
+                      f"{r.mismatched_pct:.3g}%", mark)
+    console.print(table)
+    console.print(Padding(Text("at: (sequence, step, unit) of the max |diff|; 1st over: the first step with an "
+                               "element over tolerance; % over: elements over it", style="dim"), (0, 0, 0, 2)))
+    names = {r.layer: r.tensor.split("/")[0] for r in res.rows}
+    if any(n != f"layer{i}" for i, n in names.items()):
+        console.print(Padding(Text("layer " + ", ".join(f"{i} = {n}" for i, n in sorted(names.items())),
+                                   style="dim"), (0, 0, 0, 2)))
+    _render_step_profile(console, res.rows, res.atol)
+    for side, names_ in (("A", res.only_in_a), ("B", res.only_in_b)):
+        if names_:
+            console.print(Text(f"only in {side}: {', '.join(names_)}", style=BAD_STYLE))
+    if res.equal:
+        console.print(Text("Traces match within tolerance.", style=OK_STYLE))
+    else:
+        failed = [r for r in res.rows if not r.passed]
+        first = min(failed, key=lambda r: r.first_step_over, default=None)
+        console.print(Text(f"Traces differ: {len(failed)} of {len(res.rows)} rows fail"
+                           + (f", first at step {first.first_step_over:,} ({first.tensor})" if first else "")
+                           + (", tensors missing on one side" if res.only_in_a or res.only_in_b else "") + ".",
+                           style=BAD_STYLE))
+
+
+def _render_step_profile(console: Console, rows, atol: float) -> None:
+    """One line per row: max |diff| per step, pooled (max) to the width left, on one log10 scale shared by
+    every row and reaching atol (its level is named); under a row with mismatches, ^ marks the columns
+    holding a step over tolerance (the exact per-element rule, which a per-step maximum cannot show)."""
+    if not rows or rows[0].per_step_max_abs_diff is None or not rows[0].per_step_max_abs_diff.size:
+        return
+    import numpy as np
+
+    steps = [r.per_step_max_abs_diff for r in rows]
+    positive = [v[np.isfinite(v) & (v > 0)] for v in steps]
+    positive = [v for v in positive if v.size]
+    if not positive:
+        return  # every valid step equal: nothing to draw
+    lo = int(np.floor(np.log10(min(float(v.min()) for v in positive))))
+    top = max([float(v.max()) for v in positive] + [atol])
+    lo = min(lo, int(np.floor(np.log10(top))) - 1)
+    hi = max(int(np.ceil(np.log10(top))), lo + 1)
+    glyphs = SPARK if (console.encoding or "").lower().startswith("utf") else SPARK_ASCII
+    labels = [f"{r.layer} {DIR_SHORT[r.direction]} {r.quantity}" for r in rows]
+    lw = max(len(s) for s in labels) + 2
+    time = steps[0].size
+    per = -(-time // max(console.width - lw - 1, 8))  # steps a column
+    cols = -(-time // per)
+    def glyph(value: float) -> str:
+        if value != value:
+            return " "  # every step of the column is padding
+        if value == 0:
+            return "_"
+        level = (math.log10(value) - lo) / (hi - lo) * len(glyphs) if value != math.inf else len(glyphs)
+        return glyphs[int(min(max(level, 0), len(glyphs) - 1))]
+
+    marks = [f"atol {atol:g} = {glyph(atol)}"] if atol > 0 else []
+    if any(r.per_step_over.any() for r in rows):
+        marks.append("^ a step over tolerance")
+    if any((v == 0).any() for v in steps):
+        marks.append("_ 0")
+    console.print(Text(f"max |diff| per step, log scale {glyphs[0]} 1e{lo:+03d} .. {glyphs[-1]} 1e{hi:+03d}, "
+                       + (f"{per:,} steps a column" if per > 1 else "a step a column"), style="dim"))
+    if marks:
+        console.print(Text("; ".join(marks), style="dim"))
+    last = f"{time - 1:,}"
+    if cols >= len(last) + 2:
+        console.print(Text(" " * lw + "0" + last.rjust(cols - 1), style="dim"))
+    for label, r, v in zip(labels, rows, steps):
+        pad = np.full(cols * per, np.nan)
+        pad[:time] = v
+        pooled = np.fmax.reduce(pad.reshape(cols, per), axis=1)  # NaN only where every step is padding
+        flagged = np.zeros(cols * per, dtype=bool)
+        flagged[:time] = r.per_step_over
+        flagged = flagged.reshape(cols, per).any(axis=1)
+        line = Text(label.ljust(lw))
+        for value, bad in zip(pooled.tolist(), flagged.tolist()):
+            line.append(glyph(value), style=BAD_STYLE if bad else None)
+        line.rstrip()  # columns of padding at the end
+        console.print(line, no_wrap=True, overflow="crop")
+        if flagged.any():
+            console.print(Text(" " * lw + "".join("^" if f else " " for f in flagged.tolist()).rstrip(),
+                               style=BAD_STYLE), no_wrap=True, overflow="crop")
 
 
 class progress_bar:

@@ -28,7 +28,7 @@ from lstmscope.snapshot import StateFile
 B, T, F, H = 3, 6, 4, 5
 ATOL, RTOL = 1e-5, 1.3e-6  # the documented defaults
 DIRECTIONS = ("forward", "backward")
-TOP_KEYS = {"schema", "a", "b", "equal", "comparable", "atol", "rtol", "equal_nan", "rows", "only_in_a",
+TOP_KEYS = {"schema", "kind", "a", "b", "equal", "comparable", "atol", "rtol", "equal_nan", "rows", "only_in_a",
             "only_in_b", "metadata_differences"}
 ROW_KEYS = {"tensor", "layer", "direction", "shape", "shape_b", "max_abs_diff", "max_abs_diff_at", "max_rel_diff",
             "mismatched", "total", "mismatched_pct", "cosine", "pass"}
