@@ -66,6 +66,64 @@ def main() -> None:
     np.save(HERE / "varlen_lengths.npy", np.array([10, 7, 3, 1], dtype=np.int64))
     np.save(HERE / "tagger_input.npy", rng.standard_normal((2, 6, 8)).astype(np.float32))
     keras_sample()
+    flipflop_sample()
+
+
+class FlipFlop(nn.Module):
+    """A trained model whose gates do something visible (the README's trace heatmap): lstm -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, time, 3) -> logits (batch, time, 1)
+        return self.head(self.lstm(x)[0])
+
+
+def flipflop_batch(rng: np.random.Generator, batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flip-flop task: channel 0 is a "set" pulse, channel 1 a "reset" pulse (each on 6% of the steps),
+    channel 2 noise to ignore; the target is 1 from a set until the next reset, else 0. The LSTM must hold
+    one bit for as long as no pulse comes: its gates open at pulses and the cell state holds in between."""
+    r = rng.random((batch, steps))
+    x = np.zeros((batch, steps, 3), np.float32)  # (batch, time, 3)
+    x[..., 0], x[..., 1] = r < 0.06, (r >= 0.06) & (r < 0.12)
+    x[..., 2] = rng.uniform(-1, 1, (batch, steps))
+    y = np.zeros((batch, steps, 1), np.float32)
+    state = np.zeros(batch, np.float32)
+    for t in range(steps):
+        state = np.where(x[:, t, 0] > 0, 1.0, np.where(x[:, t, 1] > 0, 0.0, state))
+        y[:, t, 0] = state
+    return x, y
+
+
+def flipflop_sample() -> None:
+    """flipflop.pt (a state_dict with lstm.* and head.*), trained for about two seconds on one thread (300 Adam
+    steps; it then gets every step of 256 fresh 200-step sequences right), and flipflop_input.npy: two
+    sequences of 120 steps with their pulses at fixed steps (sequence 0: set 10, reset 40, set 70, reset 100;
+    sequence 1: set 30, reset 90) and fresh noise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same float sums in the same order on every run
+    try:
+        torch.manual_seed(1)
+        rng = np.random.default_rng(1)
+        model = FlipFlop()
+        opt = torch.optim.Adam(model.parameters(), lr=0.02)
+        for _ in range(300):
+            x, y = (torch.from_numpy(a) for a in flipflop_batch(rng, 32, 60))
+            loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        torch.save(model.state_dict(), HERE / "flipflop.pt")
+    finally:
+        torch.set_num_threads(threads)
+    x = np.zeros((2, 120, 3), np.float32)  # (batch, time, 3)
+    for b, pulses in enumerate([{10: 0, 40: 1, 70: 0, 100: 1}, {30: 0, 90: 1}]):
+        for t, channel in pulses.items():
+            x[b, t, channel] = 1.0
+    x[..., 2] = rng.uniform(-1, 1, (2, 120))
+    np.save(HERE / "flipflop_input.npy", x)
 
 
 def keras_sample() -> None:
