@@ -78,6 +78,32 @@ def test_export_state_equals_real_keras(invoke, tmp_path, pair):
     np.testing.assert_allclose(s["output"][..., units:], oracle[f"{bwd}::y"][:, ::-1], atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("pair", ORACLE_LAYERS, ids=_ids)
+def test_trace_equals_real_keras(invoke, tmp_path, pair):
+    """trace --module LAYER: every step's h is the y real Keras returned, and the last step's h and c its final
+    states (1e-5); a Bidirectional's backward direction, stored in input-time order, is Keras's backward y (in
+    processing order) reversed, and its final state sits at step 0."""
+    entry, layer = pair
+    name = layer["layer"]
+    oracle = _oracle(entry)
+    dirs = [("forward", name)] if not layer["bidirectional"] else [("forward", f"{name}/forward"),
+                                                                   ("backward", f"{name}/backward")]
+    x = oracle[f"{dirs[0][1]}::x"]
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "t.safetensors"
+    result = invoke("trace", ROOT / entry["file"], tmp_path / "x.npy", "-o", out, "--module", name,
+                    "--quantities", "h,c")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    t = load_file(out)
+    for direction, key in dirs:
+        h, c = t[f"{name}/{direction}/h"], t[f"{name}/{direction}/c"]
+        last = -1 if direction == "forward" else 0
+        y = oracle[f"{key}::y"] if direction == "forward" else oracle[f"{key}::y"][:, ::-1]
+        np.testing.assert_allclose(h, y, atol=TOL, rtol=0)
+        np.testing.assert_allclose(h[:, last], oracle[f"{key}::h"], atol=TOL, rtol=0)
+        np.testing.assert_allclose(c[:, last], oracle[f"{key}::c"], atol=TOL, rtol=0)
+
+
 @pytest.mark.parametrize("entry", KERAS, ids=lambda e: e["file"])
 def test_inspect_lists_every_keras_lstm_layer(invoke, entry):
     """Every LSTM layer of the manifest is listed (alone, or as a layer of a stacked module) with its input

@@ -346,3 +346,62 @@ def test_bad_chunk_size(tmp_path, invoke):
     out = tmp_path / "t.safetensors"
     assert_error_no_file(invoke("trace", ck, inp, "-o", out, "--chunk-size", "-3"), out, "--chunk-size -3")
     assert not out.exists()
+
+
+def keras_gates(x: np.ndarray, d, act, rec, lengths) -> dict[str, np.ndarray]:
+    """Keras's LSTM cell in Keras's own layout (kernel columns i, f, c, o), float64, each sequence over its own
+    steps (a go_backwards direction reads them last first), stored at the input step each one read:
+    {q: (batch, time, units)}, NaN past each length. Written from Keras's documented equations, independent of
+    lstmscope's reader and engine."""
+    k, r = d.kernel.astype(np.float64), d.recurrent_kernel.astype(np.float64)
+    bias = 0.0 if d.bias is None else d.bias.astype(np.float64)
+    units = r.shape[0]
+    out = {q: np.full((x.shape[0], x.shape[1], units), np.nan) for q in "hcifgo"}
+    for b, n in enumerate(lengths):
+        h, c = np.zeros(units), np.zeros(units)
+        for t in (range(n - 1, -1, -1) if d.go_backwards else range(n)):
+            z = x[b, t].astype(np.float64) @ k + h @ r + bias
+            i, f, g, o = rec(z[:units]), rec(z[units:2 * units]), act(z[2 * units:3 * units]), rec(z[3 * units:])
+            c = f * c + i * g
+            h = o * act(c)
+            for q, v in zip("hcifgo", (h, c, i, f, g, o)):
+                out[q][b, t] = v
+    return out
+
+
+@pytest.mark.parametrize("cell", [{"activation": "relu"}, {"activation": "tanh"}], ids=["relu_cell", "tanh_cell"])
+def test_keras_hard_sigmoid_cells_every_gate_equals_keras_equations(tmp_path, invoke, cell):
+    """A Keras 2 Bidirectional LSTM with hard_sigmoid gates (0.2 x + 0.5, Keras 2's default) and a relu or tanh
+    cell, with lengths: every gate, c and h of both directions against Keras's equations (1e-5 in float32)."""
+    import keras_files as kf
+
+    built = kf.keras2_model(tmp_path / "k.h5", [("bidirectional", "bi", "lstm", 4, "concat", cell)])
+    truth = built.layers["bi"]
+    assert truth.recurrent_activation == "hard_sigmoid" and truth.keras_major == 2
+    act = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh}[truth.activation]
+    rec = lambda z: np.clip(0.2 * z + 0.5, 0, 1)  # noqa: E731  Keras 2's hard_sigmoid
+    x = np.random.default_rng(4).standard_normal((B, T, 3)).astype(np.float32)  # (B, T, 3)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "lengths.npy", LENGTHS)
+    out = tmp_path / "t.safetensors"
+    ok(invoke("trace", built.path, tmp_path / "x.npy", "--lengths", tmp_path / "lengths.npy", "-o", out))
+    got = load_file(out)
+    for name, d in zip(("forward", "backward"), truth.dirs):
+        want = keras_gates(x, d, act, rec, LENGTHS)
+        for q in "hcifgo":
+            np.testing.assert_allclose(got[f"bi/{name}/{q}"], want[q], atol=1e-5, rtol=0, equal_nan=True,
+                                       err_msg=f"{name} {q}")
+
+
+def test_safetensors_checkpoint_module_inside_a_model(tmp_path, invoke):
+    """The shipped tagger.safetensors (an LSTM at encoder.rnn inside a bigger model): its trace against the
+    float64 reference run on the tensors read straight from the file with the safetensors library."""
+    ck = SAMPLES / "tagger.safetensors"
+    x = np.load(SAMPLES / "tagger_input.npy")  # (2, 6, 8)
+    out = tmp_path / "t.safetensors"
+    ok(invoke("trace", ck, SAMPLES / "tagger_input.npy", "-o", out, "--dtype", "float64"))
+    params = {k.removeprefix("encoder.rnn."): v for k, v in load_file(ck).items() if k.startswith("encoder.rnn.")}
+    want = lstm_reference_trace(params, x, num_layers=2, bidirectional=False)
+    got = load_file(out)
+    for (layer, _, q), w in want.items():
+        np.testing.assert_allclose(got[f"layer{layer}/forward/{q}"], w, atol=1e-12, rtol=0)
