@@ -389,6 +389,13 @@ def trace(
     tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed trace keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)] = None,
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
+    heatmap: Annotated[Optional[str], typer.Option("--heatmap", help="Draw one quantity (h, c, i, f, g or o) of one layer, direction and sequence as units by steps under the summary, pooled to the terminal width.", show_default=False)] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Heatmap/PNG: the layer (an index, negative counts from the end, or a Keras layer name). Default: the last.", show_default=False)] = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", help="Heatmap/PNG: forward or backward (or 0 or 1). Default: forward.", show_default=False)] = None,
+    batch_index: Annotated[Optional[int], typer.Option("--batch-index", "-b", help="Heatmap/PNG: the sequence to draw. Default: 0.", show_default=False)] = None,
+    units: Annotated[Optional[str], typer.Option("--units", help="Heatmap/PNG: the units to draw, as A:B (B exclusive). Default: all.", show_default=False)] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Heatmap/PNG: the steps to draw, as A:B (B exclusive). Default: all.", show_default=False)] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Also write the heatmap (of h unless --heatmap says) and the gate saturation per layer as a PNG; needs matplotlib (pip install 'lstmscope[plot]'). --force overwrites it too.", show_default=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -403,16 +410,39 @@ def trace(
     the sha256 of every input.
     """
     from lstmscope.fileio import file_sha256
+    from lstmscope.heatmap import HeatmapRequest
     from lstmscope.runner import RunOptions, trace as do_trace
 
+    request = HeatmapRequest(heatmap, layer, direction, batch_index, units, steps)
+    request.check_used(png is not None)
+    picture: dict = {}
+
+    def check(mod, seqs, picked) -> None:
+        """Refuse bad heatmap options and an unwritable --png before anything runs."""
+        picture["selection"] = request.resolve(mod.spec, seqs.batch, seqs.time, picked)
+        if png is not None:
+            from lstmscope.plot import check_png
+
+            check_png(png, force=force, output=output, sources=(checkpoint, input, lengths, initial_state))
+
+    wanted = heatmap is not None or png is not None
     outcome = do_trace(RunOptions(
         checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
         dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads, device=device,
         activation=activation, recurrent_activation=recurrent_activation, chunk_size=chunk_size,
         tmp_dir=None if tmp_dir is None else str(tmp_dir),
-    ), output, quantities=quantities, order=order, force=force)
+    ), output, quantities=quantities, order=order, force=force, check=check if wanted else None)
     for note in outcome.notes:
         sys.stderr.write(note + "\n")
+    written = trace_file = None
+    if png is not None or (heatmap is not None and not (quiet or json_out)):
+        from lstmscope.tracefile import read_trace
+
+        trace_file = read_trace(outcome.path)
+    if png is not None:
+        from lstmscope.plot import write_png
+
+        written = write_png(png, trace_file, picture["selection"], outcome.summary, force=force)
     if quiet:
         return
     path = outcome.path
@@ -421,10 +451,24 @@ def trace(
         from lstmscope.jsonout import dumps
         from lstmscope.tracefile import trace_document
 
-        sys.stdout.write(dumps(trace_document(path, file_sha256(path), size, outcome.meta, outcome.layout,
-                                              outcome.summary, chunk_size=outcome.chunk_size,
-                                              threads=outcome.threads)) + "\n")
+        doc = trace_document(path, file_sha256(path), size, outcome.meta, outcome.layout,
+                             outcome.summary, chunk_size=outcome.chunk_size, threads=outcome.threads)
+        if written is not None:
+            doc["png"] = {"path": str(written.path), "width": written.width, "height": written.height}
+        sys.stdout.write(dumps(doc) + "\n")
         return
     from lstmscope.render import render_trace
 
-    render_trace(_stdout(), outcome, size)
+    console = _stdout()
+    render_trace(console, outcome, size)
+    if heatmap is not None:
+        from lstmscope.heatmap import heatmap_grid
+        from lstmscope.render import heatmap_fit, render_heatmap
+
+        console.print()
+        max_cols, max_rows = heatmap_fit(console, picture["selection"])
+        render_heatmap(console, heatmap_grid(trace_file, picture["selection"], max_cols, max_rows))
+    if written is not None:
+        from lstmscope.render import render_png_written
+
+        render_png_written(console, written)

@@ -584,3 +584,145 @@ def render_trace(console: Console, outcome, size: int) -> None:
         bad = ", ".join(f"{r.quantity} layer {r.layer} {DIR_SHORT[r.direction]}: {r.non_finite}"
                         for r in stats.rows if r.non_finite)
         console.print(Text(f"non-finite values in valid steps: {bad}", style=BAD_STYLE))
+
+
+# Heatmaps (lstmscope.heatmap.Grid). Colours approximate matplotlib's colormaps of the same name (9 anchors
+# each), so the terminal and --png agree; without colour, shade characters stand for bins of the scale.
+CMAP_ANCHORS = {
+    "viridis": ((68, 1, 84), (71, 45, 123), (59, 82, 139), (44, 114, 142), (33, 145, 140), (40, 174, 128),
+                (94, 201, 98), (173, 220, 48), (253, 231, 37)),
+    "RdBu_r": ((5, 48, 97), (42, 113, 178), (107, 172, 209), (194, 221, 236), (247, 246, 246), (251, 204, 180),
+               (228, 128, 102), (186, 40, 50), (103, 0, 31)),
+}
+SHADES = "·░▒▓█"  # unsigned scales: 5 equal bins, low to high
+SIGNED_SHADES = "#≡=-·░▒▓█"  # signed scales: 9 equal bins; strokes for negative, shades for positive, · near 0
+HEATMAP_ROWS = 40  # unit rows drawn at most (more units are pooled)
+
+
+def heatmap_fit(console: Console, selection) -> tuple[int, int]:
+    """(max_cols, max_rows) of a heatmap of ``selection`` drawn on ``console``: the columns left of the width
+    after the unit labels."""
+    label = len(str(selection.units[1] - 1))
+    return max(1, console.width - label - 2), HEATMAP_ROWS
+
+
+def _cmap_rgb(name: str, pos: float) -> tuple[int, int, int]:
+    anchors = CMAP_ANCHORS[name]
+    x = min(max(pos, 0.0), 1.0) * (len(anchors) - 1)
+    k = min(int(x), len(anchors) - 2)
+    t = x - k
+    a, b = anchors[k], anchors[k + 1]
+    return tuple(int(round(a[i] + (b[i] - a[i]) * t)) for i in range(3))
+
+
+def _shade(pos: float, signed: bool) -> str:
+    chars = SIGNED_SHADES if signed else SHADES
+    return chars[min(int(pos * len(chars)), len(chars) - 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def render_heatmap(console: Console, grid) -> None:
+    """One (layer, direction, sequence) of a trace as units (rows) by steps (columns): a title, unit labels, the
+    cells, a step axis, the pooling and the scale. Colour when the console has it, else shade characters."""
+    from rich.color import Color
+    from rich.style import Style
+
+    sel, scale = grid.selection, grid.scale
+    # 16 colours cannot show a colormap: shades there, as without colour
+    colour = not console.no_color and console.color_system in ("256", "truecolor")
+    layer = f"layer {sel.layer}" + (f" ({grid.layer_name})" if grid.layer_name != f"layer{sel.layer}" else "")
+    _flow(console, [f"Heatmap: {sel.quantity} ({grid.quantity_words}),", f"{layer} {sel.direction_name},",
+                    f"sequence {sel.batch_index} (of {grid.batch})"], " ", "bold")
+    (u0, u1), (s0, s1) = sel.units, sel.steps
+    length = [] if grid.length == grid.time else [f"this sequence has {grid.length} valid "
+                                                  f"step{'s' if grid.length != 1 else ''}"]
+    order = "" if grid.time_order == "input" else f", {grid.time_order} order"
+    _flow(console, [f"units {u0}:{u1} of {grid.width} (rows),",
+                    f"steps {s0}:{s1} of {grid.time} (columns{order}){';' if length else ''}", *length], " ", "dim")
+    label_w = len(str(u1 - 1))
+    pos = scale.position(grid.values)  # (rows, cols) in 0..1, NaN for padding
+    for r in range(grid.rows):
+        line = Text.assemble((f"{int(grid.unit_edges[r]):>{label_w}} │", "dim"))
+        for c in range(grid.cols):
+            p = pos[r, c]
+            if p != p:  # NaN: padding only
+                line.append(" ")  # (trailing blanks are cut below when there is no background colour)
+            elif colour:
+                line.append(" ", Style(bgcolor=Color.from_rgb(*_cmap_rgb(scale.cmap, float(p)))))
+            else:
+                line.append(_shade(float(p), scale.signed))
+        if not colour:
+            line.rstrip()
+        console.print(line, no_wrap=True, overflow="crop", crop=True)
+    # step axis: a tick under the column holding each labelled step
+    room = console.width - label_w - 2  # columns available to the labels
+    spacing = len(str(s1 - 1)) + 2
+    step = next(k * 10 ** e for e in range(19) for k in (1, 2, 5) if k * 10 ** e >= spacing * grid.steps_per_col)
+    ticks, labels, end = [], [" "] * room, -1
+    for t in [s0, *range((s0 // step + 1) * step, s1, step)]:
+        col, text = (t - s0) // grid.steps_per_col, str(t)
+        if col <= end or col + len(text) > room:
+            continue
+        ticks.append(col)
+        labels[col:col + len(text)] = text
+        end = col + len(text)
+    axis = ["─"] * grid.cols
+    for col in ticks:
+        axis[col] = "┬"
+    console.print(Text(" " * label_w + " └" + "".join(axis), style="dim"), no_wrap=True, overflow="crop")
+    console.print(Text(" " * (label_w + 2) + "".join(labels).rstrip(), style="dim"), no_wrap=True, overflow="crop")
+    # pooling and scale
+    def per(n: int, last: int, one: str, many: str) -> str:
+        unit = one if n == 1 else many
+        return f"{n} {unit}" + ("" if n == 1 else " (mean" + (f"; the last {last})" if last != n else ")"))
+
+    col_text = per(grid.steps_per_col, int(grid.step_edges[-1] - grid.step_edges[-2]), "step", "steps")
+    row_text = per(grid.units_per_row, int(grid.unit_edges[-1] - grid.unit_edges[-2]), "unit", "units")
+    blank = "; blank = padding" if grid.has_padding else ""
+    _flow(console, [f"1 column = {col_text},", f"1 row = {row_text}{blank}"], " ", "dim")
+    head = [f"scale {_fmt(scale.lo)}..{_fmt(scale.hi)}", f"({scale.reason})"]
+    if grid.value_range is not None:
+        head[1:] = [f"({scale.reason};", f"values {_fmt(grid.value_range[0])}..{_fmt(grid.value_range[1])})"]
+    _flow(console, head, " ", "dim")
+    if colour:
+        n = 24
+        bar = Text(_fmt(scale.lo) + " ")
+        for k in range(n):
+            if scale.signed and k == n // 2:
+                bar.append(" 0 ")
+            bar.append(" ", Style(bgcolor=Color.from_rgb(*_cmap_rgb(scale.cmap, (k + 0.5) / n))))
+        bar.append(" " + _fmt(scale.hi))
+        console.print(bar, no_wrap=True, overflow="crop")
+        return
+    chars = SIGNED_SHADES if scale.signed else SHADES
+    step = (scale.hi - scale.lo) / len(chars)
+    if scale.signed:  # thresholds: strokes below, shades above, · around 0
+        half = len(chars) // 2
+        entries = [f"{ch} <{_fmt(scale.lo + (k + 1) * step)}" for k, ch in enumerate(chars[:half])]
+        entries.append(f"{chars[half]} ±{_fmt(step / 2)}")
+        entries += [f"{ch} >{_fmt(scale.lo + (half + 1 + k) * step)}" for k, ch in enumerate(chars[half + 1:])]
+        entries.append("(strokes negative, shades positive)")
+    else:
+        entries = [f"{ch} {_fmt(scale.lo + k * step)}..{_fmt(scale.lo + (k + 1) * step)}" for k, ch in enumerate(chars)]
+    _flow(console, entries, "   ")
+
+
+def _flow(console: Console, entries: list[str], sep: str, style: str = "") -> None:
+    """Print ``entries`` joined by ``sep``, breaking lines only between entries (an entry wider than the console
+    is folded), with no trailing blanks."""
+    line = ""
+    for entry in entries:
+        if line and len(line) + len(sep) + len(entry) > console.width:
+            console.print(Text(line, style=style), overflow="fold")
+            line = ""
+        line = f"{line}{sep}{entry}" if line else entry
+    console.print(Text(line, style=style), overflow="fold")
+
+
+def render_png_written(console: Console, result) -> None:
+    """``--png``: what was written (plot.PngResult)."""
+    console.print(Text.assemble(("Wrote ", "bold"), str(result.path),
+                                f"  ({result.width}x{result.height} pixels: {result.what})"))
