@@ -6,6 +6,7 @@ and the torch-free commands start fast.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -164,8 +165,6 @@ def _notes(outcome) -> None:
 def _progress(enabled: bool):
     """A Rich progress bar on stderr, for terminals only; nothing is imported when it is off."""
     if not enabled or not sys.stderr.isatty():
-        import contextlib
-
         return contextlib.nullcontext(None)
     from lstmscope.render import progress_bar
 
@@ -372,7 +371,7 @@ def show_state(
 def trace(
     checkpoint: CheckpointArg,
     input: InputArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Trace file to write (.safetensors).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Trace file to write (.safetensors). Without it the trace goes to a temporary file that is removed once the summary, heatmap and PNG are made.", show_default=False)] = None,
     module: ModuleOpt = None,
     key: KeyOpt = None,
     lengths: LengthsOpt = None,
@@ -409,7 +408,6 @@ def trace(
     is NaN. The metadata entry lstmscope.trace (canonical JSON) names the module, spec, dtype, time order and
     the sha256 of every input.
     """
-    from lstmscope.fileio import file_sha256
     from lstmscope.heatmap import HeatmapRequest
     from lstmscope.runner import RunOptions, trace as do_trace
 
@@ -426,12 +424,29 @@ def trace(
             check_png(png, force=force, output=output, sources=(checkpoint, input, lengths, initial_state))
 
     wanted = heatmap is not None or png is not None
-    outcome = do_trace(RunOptions(
-        checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-        dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads, device=device,
-        activation=activation, recurrent_activation=recurrent_activation, chunk_size=chunk_size,
-        tmp_dir=None if tmp_dir is None else str(tmp_dir),
-    ), output, quantities=quantities, order=order, force=force, check=check if wanted else None)
+    with contextlib.ExitStack() as stack:
+        target = output
+        if output is None:  # a trace for the summary and pictures only: made in a temporary folder, removed after
+            import tempfile
+
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="lstmscope-trace-", dir=tmp_dir))
+            target = Path(folder) / "trace.safetensors"
+        with _progress(not (quiet or json_out)) as progress:
+            outcome = do_trace(RunOptions(
+                checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
+                dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads,
+                device=device, activation=activation, recurrent_activation=recurrent_activation,
+                chunk_size=chunk_size, tmp_dir=None if tmp_dir is None else str(tmp_dir),
+            ), target, quantities=quantities, order=order, force=force, check=check if wanted else None,
+                progress=progress)
+        _trace_results(outcome, output is not None, heatmap, png, picture, force, quiet, json_out)
+
+
+def _trace_results(outcome, kept: bool, heatmap, png, picture: dict, force: bool, quiet: bool, json_out: bool) -> None:
+    """After ``trace`` ran: the notes, the PNG, then the summary and heatmap (or the JSON document). With
+    ``kept`` False the trace is a temporary file its caller removes afterwards."""
+    from lstmscope.fileio import file_sha256
+
     for note in outcome.notes:
         sys.stderr.write(note + "\n")
     written = trace_file = None
@@ -446,13 +461,13 @@ def trace(
     if quiet:
         return
     path = outcome.path
-    size = path.stat().st_size
+    size = path.stat().st_size if kept else None
     if json_out:
         from lstmscope.jsonout import dumps
         from lstmscope.tracefile import trace_document
 
-        doc = trace_document(path, file_sha256(path), size, outcome.meta, outcome.layout,
-                             outcome.summary, chunk_size=outcome.chunk_size, threads=outcome.threads)
+        doc = trace_document(path if kept else None, file_sha256(path) if kept else None, size, outcome.meta,
+                             outcome.layout, outcome.summary, chunk_size=outcome.chunk_size, threads=outcome.threads)
         if written is not None:
             doc["png"] = {"path": str(written.path), "width": written.width, "height": written.height}
         sys.stdout.write(dumps(doc) + "\n")

@@ -530,16 +530,21 @@ class progress_bar:
             self._progress.stop()
 
 
-def render_trace(console: Console, outcome, size: int) -> None:
+def render_trace(console: Console, outcome, size: int | None) -> None:
     """``trace``: what was written (per quantity, how many tensors of which shape) and the summary figures
-    per layer, direction and quantity, with one line per figure saying what it means."""
+    per layer, direction and quantity, with one line per figure saying what it means. ``size`` None: the
+    trace was not kept (no -o)."""
     from lstmscope.tracestats import FIGURE_NOTES
 
     meta, layout, stats = outcome.meta, outcome.layout, outcome.summary
     padding = meta["padding"] if outcome.sequences.lengths is not None else "no padding"
-    console.print(Text.assemble(("Wrote ", "bold"), str(outcome.path),
-                                f"  ({size:,} bytes; module {outcome.module.display_name}, {meta['dtype']}, "
-                                f"{meta['time_order']}-time order, {padding})"))
+    how = (f"module {outcome.module.display_name}, {meta['dtype']}, {meta['time_order']}-time order, {padding}"
+           + (f", streamed in chunks of {outcome.chunk_size:,} steps" if outcome.chunk_size else ""))
+    if size is None:
+        console.print(Text.assemble(("Traced ", "bold"), f"{outcome.sequences.display_name} ({how}); "
+                                    "not kept: give -o FILE to keep every step"))
+    else:
+        console.print(Text.assemble(("Wrote ", "bold"), str(outcome.path), f"  ({size:,} bytes; {how})"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("quantity", "tensors", "shape (batch, time, width)", "example name"):
         table.add_column(col, overflow="fold")

@@ -138,14 +138,15 @@ class TraceWriter(SnapshotWriter):
                 self.f.write(self._bytes(name, chunk[b, k:]))
 
 
-def trace_document(path: Path, sha256: str, size: int, meta: dict[str, Any],
+def trace_document(path: Path | None, sha256: str | None, size: int | None, meta: dict[str, Any],
                    layout: dict[str, tuple[str, tuple[int, ...]]], summary=None, *, chunk_size: int | None = None,
                    threads: int | None = None) -> dict[str, Any]:
     """The ``--json`` document of ``lstmscope trace``; ``summary`` is a tracestats.TraceStats (its to_dict());
-    ``chunk_size``: steps per chunk when the trace was streamed (None: one whole run)."""
+    ``chunk_size``: steps per chunk when the trace was streamed (None: one whole run). ``path``, ``sha256`` and
+    ``size`` are None when the trace was not kept (no -o)."""
     return {
         "schema": SCHEMA,
-        "path": str(path),
+        "path": None if path is None else str(path),
         "sha256": sha256,
         "bytes": size,
         "chunk_size": chunk_size,

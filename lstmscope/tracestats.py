@@ -46,7 +46,7 @@ FIGURE_NOTES: tuple[tuple[str, str], ...] = (
     ("non-finite", "Inf (or NaN at a step within the lengths) in valid steps: counted here, excluded elsewhere"),
     ("forget mean", "mean of the forget gate f over the layer and direction"),
     ("memory", "effective memory length 1 / (1 - forget mean) in steps (inf when forget mean is 1)"),
-    ("max |c|", "largest |c_t| in the layer and direction, at (sequence, step, unit), step in stored order"),
+    ("max |c|", "largest |c_t| in the layer and direction, at (sequence, step, unit); the step is in input time (the step after reading x[step])"),
 )
 
 

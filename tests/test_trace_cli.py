@@ -405,3 +405,18 @@ def test_safetensors_checkpoint_module_inside_a_model(tmp_path, invoke):
     got = load_file(out)
     for (layer, _, q), w in want.items():
         np.testing.assert_allclose(got[f"layer{layer}/forward/{q}"], w, atol=1e-12, rtol=0)
+
+
+def test_without_output_the_trace_is_summarised_and_not_kept(tmp_path, invoke):
+    """No -o: the summary (and heatmap) come from a temporary trace in --tmp-dir, removed afterwards; the JSON
+    says path, sha256 and bytes are null, and the figures equal those of a kept trace."""
+    _, _, ck, inp, lens, _ = make_checkpoint(tmp_path)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    kept = json.loads(ok(invoke("trace", ck, inp, "--lengths", lens, "-o", tmp_path / "k.st", "--json")).stdout)
+    doc = json.loads(ok(invoke("trace", ck, inp, "--lengths", lens, "--json", "--tmp-dir", tmp)).stdout)
+    assert (doc["path"], doc["sha256"], doc["bytes"]) == (None, None, None)
+    assert doc["summary"] == kept["summary"] and doc["tensors"] == kept["tensors"]
+    text = ok(invoke("trace", ck, inp, "--lengths", lens, "--heatmap", "f", "--tmp-dir", tmp)).stdout
+    assert "not kept: give -o FILE" in text and "Heatmap: f (forget gate f_t)" in text
+    assert list(tmp.iterdir()) == []
