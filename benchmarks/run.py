@@ -16,6 +16,7 @@ Generated data lives in one temporary directory; each figure removes its files w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -515,6 +516,128 @@ def fig_stepwise_vs_fused(ctx: Ctx) -> list[Row]:
     return rows
 
 
+@contextlib.contextmanager
+def _prepack_env(value: str):
+    """Run the block with LSTMSCOPE_PREPACK=value (engine/stepwise.py's switch), then restore it."""
+    from lstmscope.engine.stepwise import PREPACK_ENV
+
+    before = os.environ.get(PREPACK_ENV)
+    os.environ[PREPACK_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PREPACK_ENV, None)
+        else:
+            os.environ[PREPACK_ENV] = before
+
+
+def fig_trace_vs_fused(ctx: Ctx) -> list[Row]:
+    import torch
+    from lstmscope.engine import stepwise
+    from lstmscope.engine.trace import QUANTITIES, trace_lstm
+
+    cfg, steps, lstm, params, x_np = _big_in_process(ctx)
+    spec = spec_of(cfg)
+    params_np = {k: v.numpy() for k, v in params.items()}
+    x = torch.from_numpy(x_np)  # (batch, time, features)
+    ran: dict[str, str] = {}
+
+    def trace(prepack: str) -> Callable[[], float]:
+        def run() -> None:
+            with _prepack_env(prepack):
+                trace_lstm(spec, params_np, x_np, quantities=QUANTITIES, sink=lambda *block: None)  # blocks dropped
+            ran[prepack] = stepwise.last_recurrent_path
+        return timed(run)
+
+    def fused() -> None:
+        with torch.inference_mode():
+            lstm(x)
+
+    rows = []
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        what = f"full trace (6 quantities, no writing) / nn.LSTM forward, {threads} thread(s) each"
+        if threads > usable_cores():
+            rows.append(Row("trace_vs_fused", what, "", "", None, ("<=", 2.0), skipped=f"only {usable_cores()} usable core"))
+            continue
+        torch.set_num_threads(threads)
+        try:
+            got = interleave({"prepacked": trace("1"), "plain": trace("0"), "fused": timed(fused)},
+                             ctx.rounds(5), ctx.warmup)
+        finally:
+            torch.set_num_threads(before)
+        med = {k: fmt_s(statistics.median(v)) for k, v in got.items()}
+        rows.append(Row("trace_vs_fused", what, med["prepacked"], med["fused"],
+                        median_ratio(got["prepacked"], got["fused"]), ("<=", 2.0)))
+        rows.append(Row("trace_vs_fused", f"the same with LSTMSCOPE_PREPACK=0 (plain addmm_ loop), {threads} thread(s) "
+                                          "(context)", med["plain"], med["fused"],
+                        median_ratio(got["plain"], got["fused"]), None))
+    mib = (2 if cfg.bidirectional else 1) * cfg.num_layers * 6 * cfg.batch * steps * cfg.hidden_size * 4 / 2**20
+    ctx.note("trace_vs_fused", f"in process, the run_vs_bare model (T={steps}), float32: engine.trace.trace_lstm with "
+                               f"all six quantities ({mib:.0f} MiB of float32 blocks copied to numpy, then dropped by "
+                               "the sink) against the fused nn.LSTM forward of the same parameters and input. "
+                               f"Recurrent product that ran (stepwise.last_recurrent_path): default {ran.get('1')}, "
+                               f"LSTMSCOPE_PREPACK=0 {ran.get('0')}.")
+    return rows
+
+
+def fig_trace_write(ctx: Ctx) -> list[Row]:
+    import numpy as np
+    import torch
+    from lstmscope.engine.fused import configure_threads, default_threads
+    from lstmscope.engine.trace import QUANTITIES, trace_lstm
+    from lstmscope.runner import RunOptions, trace
+
+    cfg = BIG
+    steps = 50 if ctx.quick else cfg.time
+    what = "trace file write speed: file size / `runner.trace` wall"
+    d = 2 if cfg.bidirectional else 1
+    need = 2 * d * cfg.num_layers * 6 * cfg.batch * steps * cfg.hidden_size * 4 + (64 << 20)  # the file twice over
+    free = shutil.disk_usage(ctx.tmp).free
+    if free < need:
+        why = f"needs {need / 2**20:.0f} MiB free in {ctx.tmp}, has {free / 2**20:.0f} MiB"
+        return [Row("trace_write", what, "", "", None, None, "MB/s", skipped=why)]
+    w = ctx.workdir("trace_write")
+    ckpt, inp, out = w / "lstm.pt", w / "x.npy", w / "trace.safetensors"
+    save_lstm(ckpt, cfg)
+    save_input(inp, cfg.batch, steps, cfg.input_size)
+    spec = spec_of(cfg)
+    threads = default_threads(spec, cfg.batch)
+    params = {k: v.numpy() for k, v in torch.load(ckpt, weights_only=True).items()}
+    x = np.load(inp)  # (batch, time, features)
+    sizes: list[int] = []
+
+    def write() -> None:
+        out.unlink(missing_ok=True)
+        trace(RunOptions(ckpt, inp, threads=threads), out)  # sets `threads` itself
+        sizes.append(out.stat().st_size)
+
+    def compute() -> None:
+        configure_threads(threads)
+        trace_lstm(spec, params, x, quantities=QUANTITIES, sink=lambda *block: None)
+
+    before = torch.get_num_threads()
+    try:
+        got = interleave({"write": timed(write), "compute": timed(compute)}, ctx.rounds(3), ctx.warmup)
+    finally:
+        torch.set_num_threads(before)
+    size = sizes[-1]
+    shutil.rmtree(w)
+    rate = [size / t / 1e6 for t in got["write"]]
+    extra = [size / max(a - b, 1e-9) / 1e6 for a, b in zip(got["write"], got["compute"])]
+    ctx.note("trace_write", f"in process, the run_vs_bare model (T={steps}), {threads} thread(s) (the default): "
+                            f"`lstmscope.runner.trace` writing all six quantities to a {size / 1e6:.0f} MB trace file "
+                            f"(read, run, statistics and write; the file removed before each round) against "
+                            f"engine.trace.trace_lstm alone with a sink that drops the blocks. The time the file adds, "
+                            f"as a rate: {statistics.median(extra):,.0f} MB/s (median over the pairs). MB = 10^6 bytes.")
+    return [Row("trace_write", what, fmt_rate(statistics.median(rate), "MB/s"), "", statistics.median(rate), None,
+                "MB/s"),
+            Row("trace_write", "`runner.trace` to a file / the same trace computed only (no file)",
+                fmt_s(statistics.median(got["write"])), fmt_s(statistics.median(got["compute"])),
+                median_ratio(got["write"], got["compute"]), None)]
+
+
 def _small_stream_files(ctx: Ctx, name: str, long_steps: int, short_steps: int):
     d = ctx.workdir(name)
     ckpt, long_x, short_x = d / "lstm.pt", d / f"x{long_steps}.npy", d / f"x{short_steps}.npy"
@@ -655,6 +778,8 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "gflops": fig_gflops,
     "threads": fig_threads,
     "stepwise_vs_fused": fig_stepwise_vs_fused,
+    "trace_vs_fused": fig_trace_vs_fused,
+    "trace_write": fig_trace_write,
     "rss": fig_rss,
     "throughput": fig_throughput,
     "diff_big": fig_diff_big,

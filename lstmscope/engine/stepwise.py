@@ -10,9 +10,10 @@ How it runs, for each layer (both directions of a layer run together, stacked on
 * the input projection of a block of time steps is one matmul per direction (``torch.addmm``), biases
   included, into a reused buffer; the backward direction reads its block in reverse time order;
 * then a Python loop over the steps does only the recurrent product (``baddbmm_`` of the (D, B, P) state
-  with the stacked W_hh^T into that step's slice; ``addmm_`` for one direction) and five elementwise ops,
-  in place, writing h straight into the layer's preallocated output: no allocation per step in the
-  standard cell, and the views each step uses are made once per block.
+  with the stacked W_hh^T into that step's slice; ``addmm_`` for one direction; or the prepacked product
+  below) and five elementwise ops, in place, writing h straight into the layer's preallocated output: no
+  allocation per step in the standard cell (the prepacked product's scratch aside), and the views each step
+  uses are made once per block.
 * Varying lengths (packed input) run on the padded batch in the packed (descending-length) order, so the
   sequences that are running at a step are always its first ``batch_sizes[t]`` rows: a step works on a
   prefix of the batch and needs no masks. A direction whose prefix is shorter than the other's gets its
@@ -31,19 +32,48 @@ place), with no test or copy per step for it: the capture work is per block, and
 Gates are reordered once per call from nn.LSTM's (i, f, g, o) to (i, f, o, g), so the gate activation is
 one op over the first 3H columns and the cell activation one op over the last H.
 
+The prepacked recurrent product. oneDNN multiplies by a weight stored in its own blocked layout faster than
+MKL's addmm_ does by W_hh^T for this skinny GEMM (batch rows against a (P, 4H) weight): both directions of
+32 x 256 @ 256 x 1024 take 400 us a step at one thread against baddbmm_'s 480-510, 225-280 at two against
+255-360. So, chosen once per forward, where the run is float32 on the CPU and torch has the private ops
+(``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``), each layer reorders each
+direction's W_hh once and the step loop computes h W_hh^T with it into a scratch tensor added to the step's
+gates (the op cannot accumulate into the gates: its "sum" post-op is refused). The rest of the step is the
+same code, with or without capture, for proj_size, bidirectional and packed runs (a packed run's prefix of
+rows is a smaller M, which the packed weight takes). It only pays for a big W_hh: oneDNN's call costs about
+17 us more than addmm_'s, so it is used where P * 4H >= PREPACK_MIN_WEIGHT (2^18: H = P = 256) and
+batch * P * 4H >= PREPACK_MIN_MACS (2^19); smaller models keep the plain loop (H=64, B=1 would take 29 us a
+step instead of 10). These are private ops, so each packing is first checked against ``torch.mm`` on a probe
+(error at most 1e-5 of the result's scale); when an op raises or disagrees the plain loop runs, and the
+prepacked product is given up for the process. ``LSTMSCOPE_PREPACK=0`` in the environment turns it off;
+``last_recurrent_path`` says which product the last forward ran ("prepacked" or "plain"). The plain loop is
+unchanged, bit for bit. (MKL's packed sgemm, ``torch.ops.mkl._mkl_linear``, was measured too: no faster than
+addmm_ here.)
+
 Everything runs in the parameters' dtype under ``torch.inference_mode()``: the returned tensors are
 inference tensors (read them, copy them, hand them back in; do not backpropagate through them).
 
-Speed (benchmarks/run.py --only stepwise_vs_fused: I=64, H=256, 2 layers, bidirectional, B=32, T=500,
-float32), on a 2-core machine: about 1.3x the time of the fused nn.LSTM at one thread, 1.8-1.9x at two
-(up to 2.1x while other processes held the cores). About 80% of the time is the two matmuls, a tenth
-torch.tanh. Tiny models pay the per-step Python and dispatch cost instead (H=64, B=1: about 10 us a step
+Speed (benchmarks/run.py --only stepwise_vs_fused --only trace_vs_fused: I=64, H=256, 2 layers,
+bidirectional, B=32, T=500, float32, same thread count on both sides; a shared 2-core AMD EPYC with AVX-512,
+medians of interleaved runs, which moved by up to 0.3x from run to run): the time of the fused nn.LSTM
+forward's, prepacked (and with the plain loop, LSTMSCOPE_PREPACK=0), over 3-5 runs each,
+
+    StepwiseLSTM, no capture        1 thread 1.26-1.31x (1.35-1.48x)    2 threads 1.35-1.67x (1.54-1.87x)
+    the full trace (trace_lstm, all
+    six quantities, no writing)     1 thread 1.36-1.48x (1.41-1.71x)    2 threads 1.75-1.96x (1.79-2.25x)
+
+At two threads a trace takes about 1.0 s: the input projection (MKL addmm at ~140 GFLOP/s, as fast as
+oneDNN here) 0.26 s, the recurrent product 0.22 s prepacked (0.3-0.4 s plain), torch.tanh 0.09-0.13 s (five
+times sigmoid's cost per element), engine/trace.py's numpy copies 0.09 s and the emitter's flips of the
+backward direction's blocks 0.03-0.04 s; nn.LSTM (oneDNN's fused RNN) does the same matmuls in 0.51-0.55 s
+in all. Tiny models pay the per-step Python and dispatch cost instead (H=64, B=1: about 10 us a step
 against nn.LSTM's 2-3 us).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,6 +88,11 @@ from lstmscope.spec import ACTIVATION_PARAMS, SIGMOID, TANH, Activation
 ActFn = Callable[[torch.Tensor, torch.Tensor], None]
 
 SELU_ALPHA, SELU_SCALE = 1.67326324, 1.05070098  # Keras's constants (torch.selu's are longer)
+PREPACK_ENV = "LSTMSCOPE_PREPACK"  # "0": never use the prepacked recurrent product (module docstring)
+PREPACK_TOLERANCE = 1e-5  # the prepacked product's self-check: max |error| relative to max(1, max |h W^T|)
+# oneDNN's call costs about 17 us more than addmm_'s, and only pays where W_hh is too big for MKL's skinny GEMM:
+PREPACK_MIN_WEIGHT = 1 << 18  # P * 4H, elements of W_hh (P = H = 256 has 2^18)
+PREPACK_MIN_MACS = 1 << 19  # batch * P * 4H, multiply-adds of one direction's step
 BLOCK_ELEMENTS = 1 << 22  # the input projection is computed for as many steps at a time as fit in this,
 MAX_BLOCK_STEPS = 256  # and at most this many
 
@@ -144,6 +179,61 @@ class StepBlock:
 
 
 Capture = Callable[[StepBlock], None]
+
+# Which recurrent product the last forward ran (for tests and benchmarks): "prepacked" when every layer used
+# the oneDNN one, else "plain".
+last_recurrent_path = "plain"
+_prepack_failure: str | None = None  # why the prepacked product was given up for this process, once it failed
+
+
+def _prepack_wanted(w: torch.Tensor, batch: int) -> bool:
+    """Whether a forward of ``batch`` rows with W_hh ``w`` (4H, P) tries the prepacked recurrent product:
+    float32 on the CPU, big enough to pay (PREPACK_MIN_*), oneDNN built in, its private ops present, not
+    turned off (PREPACK_ENV) and not given up."""
+    if os.environ.get(PREPACK_ENV, "1").strip() == "0" or _prepack_failure is not None:
+        return False
+    if w.numel() < PREPACK_MIN_WEIGHT or batch * w.numel() < PREPACK_MIN_MACS:
+        return False
+    if w.dtype != torch.float32 or w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    ops = getattr(torch.ops, "mkldnn", None)
+    return hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")
+
+
+def _prepacked_recurrent(w_hh_t: torch.Tensor, batch: int) -> Callable | None:
+    """A replacement for the step loop's ``recurrent(g, h, w)`` (gates += h W_hh^T) that runs each
+    direction's product through oneDNN with W_hh reordered once, here, into its blocked layout: (D, P, 4H)
+    ``w_hh_t`` as :meth:`StepwiseLSTM._layer_weights` gives it; ``batch`` the rows it is tuned for (fewer
+    rows work too). Checked against ``torch.mm`` on a probe first; None, and the prepacked product given up
+    for this process, when that raises or disagrees (these are private torch ops: they may change or go)."""
+    global _prepack_failure
+    linear = torch.ops.mkldnn._linear_pointwise
+    try:
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), batch) for w in w_hh_t]  # (4H, P) each
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.rand((batch, w_hh_t.shape[1]), generator=gen).mul_(2).sub_(1).to(w_hh_t.device)  # (batch, P)
+        for w, pk in zip(w_hh_t, packed):
+            for rows in (probe, probe[:1]):  # all rows, and one: a packed run's prefix has fewer than `batch`
+                want = torch.mm(rows, w)
+                err = (linear(rows, pk, None, "none", [], "") - want).abs().max().item()
+                if not err <= PREPACK_TOLERANCE * max(1.0, want.abs().max().item()):
+                    raise ValueError(f"differs from torch.mm by {err:g}")
+    except Exception as e:  # any failure of a private op means: use the plain product
+        _prepack_failure = f"{type(e).__name__}: {e}"
+        return None
+    args = (None, "none", [], "")  # no bias, no fused activation, no scalars, no algorithm
+    if len(packed) == 1:
+        (w0,) = packed
+
+        def recurrent(g: torch.Tensor, h: torch.Tensor, _w: torch.Tensor) -> None:  # (n, 4H), (n, P)
+            g.add_(linear(h, w0, *args))
+    else:
+        w0, w1 = packed
+        add = torch._foreach_add_
+
+        def recurrent(g: torch.Tensor, h: torch.Tensor, _w: torch.Tensor) -> None:  # (2, n, 4H), (2, n, P)
+            add([g[0], g[1]], [linear(h[0], w0, *args), linear(h[1], w1, *args)])
+    return recurrent
 
 
 def activation_fn(act: Activation) -> ActFn:
@@ -322,11 +412,15 @@ class StepwiseLSTM(nn.Module):
         ys = [x.new_zeros((d, steps, batch, p)) for _ in range(2 if d == 1 and self.num_layers > 1 else 1)]
         joined = x.new_empty((steps, batch, d * p)) if d == 2 else None  # a layer's output in time order
         hs, cs = [], []
+        prepack = _prepack_wanted(self.weight_hh_l0, batch)  # chosen once per forward (module docstring)
         for layer in range(self.num_layers):
             y = ys[layer % len(ys)]  # one direction: the previous layer's y is this layer's input
             sl = slice(layer * d, (layer + 1) * d)
             emit = None if capture is None else self._emitter(capture, layer, steps, unsort)
-            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], *self._layer_weights(layer), gates, y, emit)
+            w_ih, bias, w_hh_t, w_hr_t = self._layer_weights(layer)
+            fast = _prepacked_recurrent(w_hh_t, batch) if prepack else None  # None: the plain product
+            prepack = fast is not None  # a failed self-check turns it off for the layers left too
+            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], w_ih, bias, w_hh_t, w_hr_t, gates, y, emit, fast)
             hs.append(h_n)
             cs.append(c_n)
             if d == 1:
@@ -335,6 +429,8 @@ class StepwiseLSTM(nn.Module):
                 joined[..., :p].copy_(y[0])
                 joined[..., p:].copy_(y[1].flip(0))
                 x = joined  # (time, batch, 2 * P)
+        global last_recurrent_path
+        last_recurrent_path = "prepacked" if prepack else "plain"
         return x, torch.cat(hs), torch.cat(cs)
 
     def _emitter(self, capture: Capture, layer: int, steps: int, unsort: torch.Tensor | None):
@@ -354,12 +450,13 @@ class StepwiseLSTM(nn.Module):
                                   o=g[..., 2 * h:3 * h], c=c, h=hh))
         return emit
 
-    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y, emit=None):
+    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y, emit=None, fast=None):
         """One layer, both directions together. x (time, batch, in); h0 (D, batch, P); c0 (D, batch, H);
         weights as :meth:`_layer_weights` gives them; counts as in :meth:`_run`; gates (D, block, batch, 4H)
         a work buffer. ``emit``: None, or called after each block of k steps from s0 with that block's
         gates (D, k, batch, 4H; i, f, o, g after their activations), c (k, D, batch, H) and y (D, k, batch, P),
-        each direction in its processing order, rows in the packed order.
+        each direction in its processing order, rows in the packed order. ``fast``: None, or the prepacked
+        recurrent product (:func:`_prepacked_recurrent`) to use instead of addmm_/baddbmm_.
 
         Writes y (D, time, batch, P), each direction's output in its own processing order (the backward
         direction's step s is time T-1-s; with counts, slots where a sequence does not run hold junk) and
@@ -385,6 +482,8 @@ class StepwiseLSTM(nn.Module):
             recurrent, project = torch.Tensor.baddbmm_, torch.bmm
             y_run, g_run = y.transpose(0, 1), gates.transpose(0, 1)  # (time, D, ...)
             c_run, w_rec, w_proj = c, w_hh_t, w_hr_t
+        if fast is not None:  # same arguments; a running prefix of rows (counts) is a smaller GEMM M, which it takes
+            recurrent = fast
         # Views of each step's slice of `gates`: all 4H, then i, f, o (3H), then g, i, f, o (H each).
         rows = [(r, r[..., :3 * h], r[..., 3 * h:], r[..., :h], r[..., h:2 * h], r[..., 2 * h:3 * h]) for r in g_run]
         gate_fn, cell_fn = self._gate_fn, self._cell_fn
