@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # diff_big.py beside t
 # The "big" model of the run / all-layers / GFLOP/s figures, and the "small" streamed model.
 BIG = SimpleNamespace(input_size=64, hidden_size=256, num_layers=2, bidirectional=True, batch=32, time=500)
 SMALL = SimpleNamespace(input_size=32, hidden_size=64, num_layers=1, bidirectional=False, batch=1)
+# The small stacked bidirectional model of trace_rss: a streamed trace of it goes through temporary files.
+SMALL_BI = SimpleNamespace(input_size=8, hidden_size=16, num_layers=2, bidirectional=True, batch=1)
 
 BARE_SCRIPT = '''\
 """What a user writes without lstmscope: load the input and a state_dict, build nn.LSTM, run it once."""
@@ -666,6 +668,44 @@ def fig_rss(ctx: Ctx) -> list[Row]:
                 median_ratio(got["long"], got["short"]), ("<=", 1.25))]
 
 
+def fig_trace_rss(ctx: Ctx) -> list[Row]:
+    """Peak RSS of `lstmscope trace` at a long and a short input: the long one streams (automatic chunks), its
+    trace goes block by block to the file, so memory must not grow with the steps."""
+    long_steps, short_steps = (30_000, 1_000) if ctx.quick else (1_000_000, 10_000)
+    rows = []
+    for name, cfg in (("trace_rss", SMALL), ("trace_rss_bi", SMALL_BI)):
+        d = ctx.workdir(name)
+        ckpt, long_x, short_x = d / "lstm.pt", d / f"x{long_steps}.npy", d / f"x{short_steps}.npy"
+        save_lstm(ckpt, cfg)
+        save_input(long_x, 1, long_steps, cfg.input_size)
+        save_input(short_x, 1, short_steps, cfg.input_size)
+        ls = lstmscope_cmd()
+        runs: dict[str, list] = {"long": [], "short": []}
+
+        def trace(x: Path, key: str) -> Callable[[], float]:
+            def run() -> float:
+                m = measure([*ls, "trace", str(ckpt), str(x), "-o", str(d / f"{key}.safetensors"), "--force",
+                             "--json"], rss=True)
+                runs[key].append((m.wall, (d / f"{key}.safetensors").stat().st_size))
+                return m.rss
+            return run
+
+        got = interleave({"long": trace(long_x, "long"), "short": trace(short_x, "short")}, ctx.rounds(1), 0)
+        shutil.rmtree(d)
+        wall, size = statistics.median(w for w, _ in runs["long"]), runs["long"][0][1]
+        shape = (f"I={cfg.input_size} H={cfg.hidden_size} {cfg.num_layers} layer{'s' if cfg.num_layers > 1 else ''} "
+                 f"{'bidirectional' if cfg.bidirectional else 'unidirectional'} B=1")
+        ctx.note(name, f"{shape}; `lstmscope trace -o T --json`, all six quantities, default threads and automatic "
+                       f"chunking ({long_steps:,} steps: {chunking(cfg, 1, long_steps)}; {short_steps:,} steps: "
+                       f"{chunking(cfg, 1, short_steps)}); the {long_steps:,}-step trace is {size / 2**20:,.0f} MiB and took "
+                       f"{fmt_s(wall)} ({size / 2**20 / wall:,.0f} MiB/s of trace); peak RSS is ru_maxrss via "
+                       "RSS_WRAPPER.")
+        rows.append(Row(name, f"peak RSS, {long_steps:,}-step trace / {short_steps:,}-step trace ({shape})",
+                        fmt_mib(statistics.median(got["long"])), fmt_mib(statistics.median(got["short"])),
+                        median_ratio(got["long"], got["short"]), ("<=", 1.25)))
+    return rows
+
+
 def fig_throughput(ctx: Ctx) -> list[Row]:
     from lstmscope.engine.fused import default_threads
 
@@ -781,6 +821,7 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "trace_vs_fused": fig_trace_vs_fused,
     "trace_write": fig_trace_write,
     "rss": fig_rss,
+    "trace_rss": fig_trace_rss,
     "throughput": fig_throughput,
     "diff_big": fig_diff_big,
 }

@@ -39,7 +39,7 @@ DEAD_INDEX_CAP = 32  # dead unit indices listed per row (the count is always com
 FIGURE_NOTES: tuple[tuple[str, str], ...] = (
     ("mean", "mean over all valid steps, sequences and units (padding and non-finite values left out)"),
     ("saturated", f"share of values saturated: i, f, o below {SIGMOID_LOW} or above {SIGMOID_HIGH}; "
-                  f"g, h beyond ±{TANH_LIMIT}; c is unbounded (—)"),
+                  f"g, h beyond ±{TANH_LIMIT}; c is unbounded (-)"),
     ("sat units", f"units saturated in more than {UNIT_SATURATED_SHARE:.0%} of their valid steps"),
     ("dead units", "units whose value never changes over all valid steps and sequences (min == max)"),
     ("values", "valid values counted (padding steps excluded)"),

@@ -120,13 +120,24 @@ def _capture_to(sink: Sink, picked: tuple[str, ...], lens: np.ndarray | None, *,
         lay = b.layer if layer is None else layer
         d = b.direction if direction is None else direction
         for q in picked:
-            block = np.array(to_numpy(getattr(b, q).transpose(0, 1)), order="C")  # (batch, steps, width), a copy
+            block = _owned(getattr(b, q).transpose(0, 1))  # (batch, steps, width)
             if pad is not None:
                 block[pad] = np.nan
             sink(lay, d, q, start, block, flipped(d))
         if progress is not None:
             progress(steps)
     return capture
+
+
+def _owned(t: torch.Tensor) -> np.ndarray:
+    """A C-ordered numpy copy of ``t`` that the caller owns, made by torch (its copy uses every thread)."""
+    if t.dtype == torch.bfloat16:
+        t = t.float()  # a copy already
+    elif t.is_contiguous():
+        t = t.clone()
+    else:
+        t = t.contiguous()
+    return t.cpu().numpy()
 
 
 def _nan_dtype(run_dtype: torch.dtype) -> np.dtype:
