@@ -472,18 +472,18 @@ def _trace_results(outcome, kept: bool, heatmap, png, picture: dict, force: bool
             doc["png"] = {"path": str(written.path), "width": written.width, "height": written.height}
         sys.stdout.write(dumps(doc) + "\n")
         return
-    from lstmscope.render import render_trace
+    from lstmscope.render.trace import render_trace
 
     console = _stdout()
     render_trace(console, outcome, size)
     if heatmap is not None:
         from lstmscope.heatmap import heatmap_grid
-        from lstmscope.render import heatmap_fit, render_heatmap
+        from lstmscope.render.trace import heatmap_fit, render_heatmap
 
         console.print()
         max_cols, max_rows = heatmap_fit(console, picture["selection"])
         render_heatmap(console, heatmap_grid(trace_file, picture["selection"], max_cols, max_rows))
     if written is not None:
-        from lstmscope.render import render_png_written
+        from lstmscope.render.trace import render_png_written
 
         render_png_written(console, written)

@@ -1,5 +1,5 @@
-"""Compare two state files (per (layer, direction) for h_n / c_n, whole tensors otherwise) or two traces (per
-(layer, direction, quantity), with the max difference per time step). numpy only.
+"""Compare two state files (per (layer, direction) for h_n / c_n, whole tensors otherwise) or, through
+lstmscope.tracediff, two traces (per (layer, direction, quantity), with the max difference per time step). numpy only.
 
 B is the reference: an element passes when ``|a - b| <= atol + rtol * |b|`` (torch.testing's rule).
 Everything is computed in float64, in fixed-size blocks read straight from the files (a snapshot's
@@ -19,7 +19,6 @@ from lstmscope.errors import StateError, UsageError
 from lstmscope.arrays import DiskArray
 from lstmscope.report import DIRECTIONS
 from lstmscope.snapshot import ARCHITECTURE_FIELDS, PROVENANCE_FIELDS, StateFile
-from lstmscope.tracefile import TraceFile
 
 DEFAULT_RTOL = 1.3e-6  # torch.testing.assert_close defaults for float32
 DEFAULT_ATOL = 1e-5
@@ -321,33 +320,12 @@ def diff_states(a: StateFile, b: StateFile, *, atol: float = DEFAULT_ATOL, rtol:
     return res
 
 
-# Traces ---------------------------------------------------------------------------------------------------
-
-TRACE_ARCHITECTURE = ("num_layers", "num_directions", "hidden_size", "proj_size", "input_size")  # of the spec
-STEP_BLOCK = 1 << 17  # elements per time block of a trace diff: all batch rows, as many steps as fit
-
-
-def is_trace(path: str | Path) -> bool:
-    """True when ``path`` is a safetensors file carrying an ``lstmscope.trace`` metadata entry (by content)."""
-    from lstmscope import sniff as sn
-    from lstmscope.readers.safetensors import read_header
-    from lstmscope.tracefile import METADATA_KEY
-
-    path = Path(path)
-    try:
-        if not path.is_file() or sn.sniff(path).format != sn.SAFETENSORS:
-            return False
-    except OSError:
-        return False  # the state reader says what is wrong with it
-    _, raw = read_header(path, StateError)
-    return bool(raw) and METADATA_KEY in raw
-
-
 def diff_files(path_a: str | Path, path_b: str | Path, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                equal_nan: bool = False, num_directions: int | None = None) -> DiffResult:
     """``diff-states A B``: two traces (diff_traces) or two state files (diff_states), told apart by content."""
     from lstmscope.snapshot import read_state_file
-    from lstmscope.tracefile import read_trace
+    from lstmscope.tracediff import diff_traces
+    from lstmscope.tracefile import is_trace, read_trace
 
     ta, tb = is_trace(path_a), is_trace(path_b)
     if ta and tb:
@@ -362,140 +340,3 @@ def diff_files(path_a: str | Path, path_b: str | Path, *, atol: float = DEFAULT_
                          "two traces (lstmscope trace CHECKPOINT INPUT -o B.safetensors writes the other trace)")
     return diff_states(read_state_file(path_a), read_state_file(path_b), atol=atol, rtol=rtol, equal_nan=equal_nan,
                        num_directions=num_directions)
-
-
-def diff_traces(a: TraceFile, b: TraceFile, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                equal_nan: bool = False) -> DiffResult:
-    """Two traces per (layer, direction, quantity) present in both, B the reference: each row's figures over the
-    valid steps, plus per step the max |a - b| and whether an element is over tolerance, and the first such step.
-
-    Steps past a sequence's length (padding) count nowhere. Different LSTM shapes, batch, time, lengths or time
-    orders make the traces not comparable (``architecture`` set, no rows); the rest of the metadata that differs
-    (dtype, module, checksums, cell, version) is listed as provenance. Reads time blocks of STEP_BLOCK elements,
-    so memory is flat but for the per-step arrays (time,).
-    """
-    res = DiffResult(str(a.path), str(b.path), atol, rtol, equal_nan, kind="trace")
-    sa, sb = a.spec.to_dict(), b.spec.to_dict()
-    if a.time_order != b.time_order:  # first: the message for it is the one to read
-        res.architecture["time_order"] = [a.time_order, b.time_order]
-    for f in TRACE_ARCHITECTURE:
-        if sa[f] != sb[f]:
-            res.architecture[f] = [sa[f], sb[f]]
-    for f, va, vb in (("batch_size", a.batch, b.batch), ("time", a.time, b.time)):
-        if va != vb:
-            res.architecture[f] = [va, vb]
-    if a.batch == b.batch and a.time == b.time and not np.array_equal(_lengths(a), _lengths(b)):
-        res.architecture["lengths"] = [None if t.lengths is None else t.lengths.tolist() for t in (a, b)]
-    ma, mb = a.meta, b.meta
-    for f in PROVENANCE_FIELDS:
-        if (f in ma or f in mb) and ma.get(f) != mb.get(f):
-            res.provenance[f] = [ma.get(f), mb.get(f)]
-    for f in sa:  # the cell and names: same shapes, other semantics
-        if f not in TRACE_ARCHITECTURE and f != "bidirectional" and sa[f] != sb.get(f):
-            res.provenance[f"spec.{f}"] = [sa[f], sb.get(f)]
-    na, nb = {k: a.name(*k) for k in a.keys()}, {k: b.name(*k) for k in b.keys()}
-    res.only_in_a = sorted(na[k] for k in na if k not in nb)
-    res.only_in_b = sorted(nb[k] for k in nb if k not in na)
-    if not res.comparable:
-        return res
-    lengths = a.lengths if a.lengths is not None else b.lengths
-    for key, name in na.items():
-        if key in nb:
-            layer, d, q = key
-            res.rows.append(compare_steps(a.tensors[name], b.tensors[nb[key]], lengths=lengths, atol=atol, rtol=rtol,
-                                          equal_nan=equal_nan, tensor=name, layer=layer, direction=DIRECTIONS[d],
-                                          quantity=q))
-    return res
-
-
-def _lengths(t: TraceFile) -> np.ndarray:
-    """Each sequence's valid steps: the file's lengths, or every step when it has none."""
-    return np.full(t.batch, t.time, dtype=np.int64) if t.lengths is None else t.lengths
-
-
-def compare_steps(x: "DiskArray | np.ndarray", y: "DiskArray | np.ndarray", *, lengths: np.ndarray | None,
-                  atol: float, rtol: float, equal_nan: bool, tensor: str, layer: int | None = None,
-                  direction: str | None = None, quantity: str | None = None) -> DiffRow:
-    """One trace row: ``x`` and ``y`` (batch, time, width), compared a block of steps at a time (all batch rows).
-    Elements at steps >= lengths[b] are padding and count nowhere; ``max_abs_diff_at`` is (batch, step, unit)."""
-    batch, time, width = x.shape  # (batch, time, width)
-    per_step = np.full(time, np.nan)  # (time,) NaN: every sequence is padding there
-    over = np.zeros(time, dtype=bool)  # (time,)
-    step = max(1, STEP_BLOCK // max(batch * width, 1))
-    best, best_at, best_rel, bad, total, nonfinite = -1.0, None, 0.0, 0, 0, False
-    cos = _Cosine()
-    for s in range(0, time, step):
-        e = min(time, s + step)
-        xb = _read_steps(x, s, e)  # (batch, n, width) float64
-        yb = _read_steps(y, s, e)
-        valid = None if lengths is None else np.arange(s, e)[None, :] < lengths[:, None]  # (batch, n)
-        blk = _step_block(xb, yb, valid, atol, rtol, equal_nan)
-        d = blk.d
-        step_max = d.max(axis=(0, 2))  # (n,), -1 where the step is padding everywhere
-        per_step[s:e] = np.where(step_max < 0, np.nan, step_max)
-        over[s:e] = ~blk.ok.all(axis=(0, 2))
-        bad += int(d.size - np.count_nonzero(blk.ok))
-        total += blk.valid_count
-        i = int(np.argmax(d))
-        if d.flat[i] > best:
-            best = float(d.flat[i])
-            b_, t_, u_ = np.unravel_index(i, d.shape)
-            best_at = [int(b_), s + int(t_), int(u_)]
-        best_rel = max(best_rel, blk.max_rel)
-        nonfinite = nonfinite or blk.nonfinite
-        cos.fold(*blk.sums)
-    hits = np.flatnonzero(over)
-    return DiffRow(tensor, layer, direction, [batch, time, width], None, max(best, 0.0), best_at, best_rel, bad, total,
-                   float("nan") if nonfinite else cos.value(), bad == 0, quantity,
-                   int(hits[0]) if hits.size else None, per_step, over)
-
-
-def _read_steps(a: "DiskArray | np.ndarray", s: int, e: int) -> np.ndarray:
-    raw = a.read_axis1(s, e) if isinstance(a, DiskArray) else np.asarray(a[:, s:e])
-    return np.ascontiguousarray(raw, dtype=np.float64)
-
-
-@dataclass
-class _StepBlock:
-    d: np.ndarray  # (batch, n, width) |a - b| (inf where NaN/Inf differ); -1 at padding
-    ok: np.ndarray  # (batch, n, width) within tolerance; True at padding
-    valid_count: int  # elements that are not padding
-    max_rel: float
-    nonfinite: bool  # NaN/Inf in a valid element of a or b: the cosine is undefined
-    sums: tuple[float, float, float, float, float]  # see _cosine_sums
-
-
-def _step_block(x: np.ndarray, y: np.ndarray, valid: np.ndarray | None, atol: float, rtol: float,
-                equal_nan: bool) -> _StepBlock:
-    """The figures of one block of steps; the NaN/Inf rules are _nonfinite_block's."""
-    with np.errstate(all="ignore"):
-        d = np.abs(x - y)
-        ay = np.abs(y)
-        finite = bool(np.isfinite(d).all())
-        if finite:
-            ok = d <= atol + rtol * ay
-        else:
-            both_nan = np.isnan(x) & np.isnan(y)
-            d[both_nan] = 0.0 if equal_nan else np.inf
-            d[np.isnan(d)] = np.inf  # NaN on one side, or inf - inf
-            d[np.isinf(x) & (x == y)] = 0.0  # the same infinity on both sides
-            inf_y = np.isinf(y)
-            ok = d <= atol + rtol * np.where(inf_y, 0.0, ay)  # an infinite reference admits only itself
-            ok[inf_y] = x[inf_y] == y[inf_y]
-            if equal_nan:
-                ok |= both_nan
-        rel = np.where(ay > 0, d / np.where(ay > 0, ay, 1.0), np.where(d > 0, np.inf, 0.0))
-        rel[np.isinf(d)] = np.inf
-        if valid is None:
-            count = d.size
-            fin = None if finite else np.isfinite(x) & np.isfinite(y)  # d is finite only where x and y are
-        else:
-            pad = ~np.broadcast_to(valid[:, :, None], d.shape)
-            d[pad] = -1.0
-            ok |= pad
-            rel[pad] = 0.0
-            count = int(np.count_nonzero(valid)) * d.shape[2]
-            fin = np.isfinite(x) & np.isfinite(y) & ~pad
-        nonfinite = fin is not None and int(np.count_nonzero(fin)) < count
-        sums = _cosine_sums(x.reshape(-1), y.reshape(-1)) if fin is None else _cosine_sums(x[fin], y[fin])
-        return _StepBlock(d, ok, count, float(rel.max()) if rel.size else 0.0, nonfinite, sums)

@@ -206,6 +206,21 @@ def trace_meta(raw: dict[str, str] | None) -> dict[str, Any] | None:
     return meta
 
 
+def is_trace(path: str | Path) -> bool:
+    """True when ``path`` is a safetensors file carrying an ``lstmscope.trace`` metadata entry (by content)."""
+    from lstmscope import sniff as sn
+    from lstmscope.readers.safetensors import read_header
+
+    path = Path(path)
+    try:
+        if not path.is_file() or sn.sniff(path).format != sn.SAFETENSORS:
+            return False
+    except OSError:
+        return False  # the state reader says what is wrong with it
+    _, raw = read_header(path, StateError)
+    return bool(raw) and METADATA_KEY in raw
+
+
 def read_trace(path: str | os.PathLike) -> TraceFile:
     """A trace file lstmscope wrote (``lstmscope trace -o``), checked against its own metadata; StateError
     for anything else, saying what it is."""

@@ -211,7 +211,7 @@ def test_grid_scale_for_c_is_from_the_cells(tmp_path):
 def draw(grid_or_args, width: int, color_system, monkeypatch, no_color=False) -> str:
     from rich.console import Console
 
-    from lstmscope.render import heatmap_fit, render_heatmap
+    from lstmscope.render.trace import heatmap_fit, render_heatmap
 
     if no_color:
         monkeypatch.setenv("NO_COLOR", "1")

@@ -157,6 +157,7 @@ def test_float32_against_float64_per_step(files):
 def test_small_blocks_give_the_same_figures(files, monkeypatch):
     """Time blocks of a few steps (STEP_BLOCK elements): the figures do not depend on where blocks end."""
     import lstmscope.compare as compare
+    import lstmscope.tracediff as tracediff
     from lstmscope.jsonout import diff_document, dumps
 
     def doc():
@@ -164,7 +165,7 @@ def test_small_blocks_give_the_same_figures(files, monkeypatch):
         return d, [row.pop("cosine") for row in d["rows"]]  # the cosine's sums are taken in another order
 
     whole, cosines = doc()
-    monkeypatch.setattr(compare, "STEP_BLOCK", 3 * B * H)  # three steps a block
+    monkeypatch.setattr(tracediff, "STEP_BLOCK", 3 * B * H)  # three steps a block
     blocked, blocked_cosines = doc()
     assert blocked == whole
     np.testing.assert_allclose(blocked_cosines, cosines, rtol=1e-12)
