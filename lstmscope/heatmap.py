@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lstmscope.errors import UsageError
+from lstmscope.report import parse_range
 from lstmscope.spec import LSTMSpec
 from lstmscope.tracefile import DIRECTIONS, QUANTITIES, layer_name, quantity_width
 
@@ -149,31 +150,6 @@ def _direction(text: str | None, spec: LSTMSpec) -> int:
     if d >= spec.num_directions:
         raise UsageError(f"--direction {text}: this module is unidirectional; it has only the forward direction")
     return d
-
-
-def parse_range(text: str | None, size: int, flag: str, what: str) -> tuple[int, int]:
-    """``A:B`` (a Python slice: B exclusive, either side optional, negative counts from the end) or ``A``
-    (one index) within ``0:size`` -> (start, stop); None -> (0, size). ``what`` says where ``size`` comes from
-    in the error."""
-    if text is None:
-        return 0, size
-    try:
-        if ":" in text:
-            a, _, b = text.partition(":")
-            lo = int(a) if a.strip() else 0
-            hi = int(b) if b.strip() else size
-        else:
-            lo = int(text)
-            hi = lo + 1 if lo != -1 else size
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a range; give A:B within 0:{size} (e.g. {flag} 0:{min(size, 8)})") from None
-    raw = (lo, hi)
-    lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else hi)
-    if not (0 <= lo <= size and 0 <= hi <= size):
-        raise UsageError(f"{flag} {text}: {what}; give A:B within 0:{size}")
-    if lo >= hi:
-        raise UsageError(f"{flag} {text} is empty ({raw[0]} is not before {raw[1]}); give A:B with A < B within 0:{size}")
-    return lo, hi
 
 
 @dataclass(frozen=True)

@@ -244,22 +244,34 @@ def build_view(
     return view
 
 
-def parse_units(text: str | None, width: int, width_name: str = "hidden_size") -> tuple[int, int]:
-    """'a:b' (Python slice, b exclusive), 'a' (one unit) or None (the first 8) -> (start, stop)."""
+def parse_range(text: str | None, size: int, flag: str, what: str) -> tuple[int, int]:
+    """``A:B`` (a Python slice: B exclusive, either side optional, negative counts from the end) or ``A``
+    (one index) within ``0:size`` -> (start, stop); None -> (0, size). ``what`` says where ``size`` comes from
+    in the error."""
     if text is None:
-        return 0, min(8, width)
+        return 0, size
     try:
         if ":" in text:
             a, _, b = text.partition(":")
             lo = int(a) if a.strip() else 0
-            hi = int(b) if b.strip() else width
+            hi = int(b) if b.strip() else size
         else:
             lo = int(text)
-            hi = lo + 1
+            hi = lo + 1 if lo != -1 else size
     except ValueError:
-        raise UsageError(f"--units {text!r} is not a range; use START:STOP, e.g. --units 0:8") from None
+        raise UsageError(f"{flag} {text!r} is not a range; give A:B within 0:{size} (e.g. {flag} 0:{min(size, 8)})") from None
+    raw = (lo, hi)
+    lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else hi)
+    if not (0 <= lo <= size and 0 <= hi <= size):
+        raise UsageError(f"{flag} {text}: {what}; give A:B within 0:{size}")
     if lo >= hi:
-        raise UsageError(f"--units {text} is empty: START must be less than STOP, e.g. --units {min(lo, hi)}:{max(lo, hi) + (lo == hi)}")
-    if lo < 0 or hi > width:
-        raise UsageError(f"--units {text} is outside 0:{width} ({width_name} is {width}); use START:STOP within it")
+        raise UsageError(f"{flag} {text} is empty ({raw[0]} is not before {raw[1]}); give A:B with A < B within 0:{size}")
     return lo, hi
+
+
+def parse_units(text: str | None, width: int, width_name: str = "hidden_size") -> tuple[int, int]:
+    """'a:b' (Python slice, b exclusive; negative counts from the end), 'a' (one unit) or None (the first 8)
+    -> (start, stop), within 0:width (the same rule as the heatmap's --units)."""
+    if text is None:
+        return 0, min(8, width)
+    return parse_range(text, width, "--units", f"{width_name} is {width}")

@@ -78,7 +78,7 @@ def test_units_reversed_says_so(invoke, tmp_path):
     _, ck = _lstm_file(tmp_path)
     _, x = _x(tmp_path)
     r = invoke("run", ck, x, "-b", "0", "--units", "3:1")
-    assert r.exit_code == 2 and r.stdout == "" and "START must be less than STOP" in r.stderr
+    assert r.exit_code == 2 and r.stdout == "" and "--units 3:1 is empty (3 is not before 1)" in r.stderr
 
 
 def test_run_json_records_the_initial_state(invoke, tmp_path):
