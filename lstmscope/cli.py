@@ -106,7 +106,7 @@ def main(
     """
 
 
-CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning), .safetensors, or Keras .keras/.h5/.weights.h5.", show_default=False)]
+CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning), .safetensors, Keras .keras/.h5/.weights.h5, or an ONNX model (.onnx).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 ActivationOpt = Annotated[Optional[str], typer.Option("--activation", help="Keras modules: the cell activation (Keras's name: tanh, relu, ...) instead of the file's; for weights-only files, which carry no config.", show_default=False)]
 RecurrentActivationOpt = Annotated[Optional[str], typer.Option("--recurrent-activation", help="Keras modules: the gate activation (sigmoid, hard_sigmoid, ...) instead of the file's or the default taken from keras_version.", show_default=False)]
@@ -153,6 +153,11 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU 
 DeviceOpt = Annotated[str, typer.Option("--device", help="Run on cpu, cuda or cuda:N. States are always reported from CPU copies.")]
 TmpDirOpt = Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed bidirectional run keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print no results and no progress; only the exit code (warnings still go to stderr).")]
+HeatmapOpt = Annotated[Optional[str], typer.Option("--heatmap", help="Draw one quantity (h, c, i, f, g or o) of one layer, direction and sequence as units by steps under the summary, pooled to the terminal width.", show_default=False)]
+LayerOpt = Annotated[Optional[str], typer.Option("--layer", help="Heatmap/PNG: the layer (an index, negative counts from the end, or a Keras layer name). Default: the last.", show_default=False)]
+DirectionOpt = Annotated[Optional[str], typer.Option("--direction", help="Heatmap/PNG: forward or backward (or 0 or 1). Default: forward.", show_default=False)]
+StepsOpt = Annotated[Optional[str], typer.Option("--steps", help="Heatmap/PNG: the steps to draw, as A:B (B exclusive). Default: all.", show_default=False)]
+PngOpt = Annotated[Optional[Path], typer.Option("--png", help="Also write the heatmap (of h unless --heatmap says) and the gate saturation per layer as a PNG; needs matplotlib (pip install 'lstmscope[plot]'). --force overwrites it too.", show_default=False)]
 
 
 def _notes(outcome) -> None:
@@ -348,13 +353,33 @@ def diff_states(
 @app.command("show-state")
 @guarded
 def show_state(
-    snapshot: Annotated[Path, typer.Argument(help="A state snapshot (.safetensors) or an .npz with h_n/c_n.", show_default=False)],
-    batch_index: BatchIndexOpt = None,
-    units: UnitsOpt = None,
+    snapshot: Annotated[Path, typer.Argument(help="A state snapshot (.safetensors), an .npz with h_n/c_n, or a trace (lstmscope trace -o).", show_default=False)],
+    batch_index: Annotated[Optional[int], typer.Option("--batch-index", "-b", help="Print this sequence's h_n/c_n values (a trace: the sequence to draw).", show_default=False)] = None,
+    units: Annotated[Optional[str], typer.Option("--units", help="Units to print with --batch-index, as START:STOP (default 0:8); a trace: the units to draw (default all).", show_default=False)] = None,
     num_directions: NumDirsOpt = None,
+    heatmap: HeatmapOpt = None,
+    layer: LayerOpt = None,
+    direction: DirectionOpt = None,
+    steps: StepsOpt = None,
+    png: PngOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the --png file if it exists.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a snapshot: metadata, named shapes and the per-layer/direction table (torch-free)."""
+    """Show a snapshot: metadata, named shapes and the per-layer/direction table (torch-free).
+
+    A trace file shows what trace showed when it wrote it: the tensors and the summary (computed again from the
+    file, in flat memory), and with --heatmap/--png the pictures, without running anything again.
+    """
+    from lstmscope.tracefile import is_trace
+
+    if is_trace(snapshot):
+        _show_trace_file(snapshot, heatmap, layer, direction, batch_index, units, steps, png, force, json_out)
+        return
+    given = [f for f, v in (("--heatmap", heatmap), ("--layer", layer), ("--direction", direction),
+                            ("--steps", steps), ("--png", png)) if v is not None]
+    if given:
+        raise fail(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for traces, and {snapshot} is not one "
+                   "(lstmscope trace CHECKPOINT INPUT -o TRACE.safetensors writes a trace)")
     from lstmscope.snapshot import read_state_file, state_view
 
     state = read_state_file(snapshot)
@@ -365,6 +390,30 @@ def show_state(
     if not view.all_ok:
         raise typer.Exit(1)
 
+
+
+def _show_trace_file(path: Path, heatmap, layer, direction, batch_index, units, steps, png, force: bool,
+                     json_out: bool) -> None:
+    """``show-state TRACE``: the trace's tensors and summary, and its heatmap or PNG."""
+    from lstmscope.heatmap import HeatmapRequest
+    from lstmscope.tracefile import read_trace
+    from lstmscope.tracestats import summarize_trace
+
+    request = HeatmapRequest(heatmap, layer, direction, batch_index, units, steps)
+    request.check_used(png is not None)
+    t = read_trace(path)
+    selection = None
+    if heatmap is not None or png is not None:
+        selection = request.resolve(t.spec, t.batch, t.time, t.quantities)
+    if png is not None:
+        from lstmscope.plot import check_png
+
+        check_png(png, force=force, output=path, sources=(path,))
+    layout = {name: (str(a.dtype), a.shape) for name, a in t.tensors.items()}
+    if t.lengths is not None:
+        layout["lengths"] = ("int64", (t.batch,))
+    _show_trace(path, t.meta, layout, summarize_trace(t), t.spec, t.meta.get("module") or "(top level)",
+                heatmap=heatmap, png=png, selection=selection, force=force, json_out=json_out, verb="Trace")
 
 @app.command()
 @guarded
@@ -388,13 +437,13 @@ def trace(
     tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed trace keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)] = None,
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
-    heatmap: Annotated[Optional[str], typer.Option("--heatmap", help="Draw one quantity (h, c, i, f, g or o) of one layer, direction and sequence as units by steps under the summary, pooled to the terminal width.", show_default=False)] = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="Heatmap/PNG: the layer (an index, negative counts from the end, or a Keras layer name). Default: the last.", show_default=False)] = None,
-    direction: Annotated[Optional[str], typer.Option("--direction", help="Heatmap/PNG: forward or backward (or 0 or 1). Default: forward.", show_default=False)] = None,
+    heatmap: HeatmapOpt = None,
+    layer: LayerOpt = None,
+    direction: DirectionOpt = None,
     batch_index: Annotated[Optional[int], typer.Option("--batch-index", "-b", help="Heatmap/PNG: the sequence to draw. Default: 0.", show_default=False)] = None,
     units: Annotated[Optional[str], typer.Option("--units", help="Heatmap/PNG: the units to draw, as A:B (B exclusive). Default: all.", show_default=False)] = None,
-    steps: Annotated[Optional[str], typer.Option("--steps", help="Heatmap/PNG: the steps to draw, as A:B (B exclusive). Default: all.", show_default=False)] = None,
-    png: Annotated[Optional[Path], typer.Option("--png", help="Also write the heatmap (of h unless --heatmap says) and the gate saturation per layer as a PNG; needs matplotlib (pip install 'lstmscope[plot]'). --force overwrites it too.", show_default=False)] = None,
+    steps: StepsOpt = None,
+    png: PngOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -443,31 +492,41 @@ def trace(
 
 
 def _trace_results(outcome, kept: bool, heatmap, png, picture: dict, force: bool, quiet: bool, json_out: bool) -> None:
-    """After ``trace`` ran: the notes, the PNG, then the summary and heatmap (or the JSON document). With
-    ``kept`` False the trace is a temporary file its caller removes afterwards."""
-    from lstmscope.fileio import file_sha256
-
+    """After ``trace`` ran: the notes, then what _show_trace shows. With ``kept`` False the trace is a temporary
+    file its caller removes afterwards."""
     for note in outcome.notes:
         sys.stderr.write(note + "\n")
+    _show_trace(outcome.path, outcome.meta, outcome.layout, outcome.summary, outcome.module.spec,
+                outcome.module.display_name, kept=kept, heatmap=heatmap, png=png, selection=picture.get("selection"),
+                force=force, quiet=quiet, json_out=json_out, input_name=outcome.sequences.display_name,
+                chunk_size=outcome.chunk_size, threads=outcome.threads)
+
+
+def _show_trace(path: Path, meta: dict, layout: dict, summary, spec, module_name: str, *, kept: bool = True,
+                heatmap=None, png=None, selection=None, force: bool = False, quiet: bool = False,
+                json_out: bool = False, input_name: str | None = None, chunk_size: int | None = None,
+                threads: int | None = None, verb: str = "Wrote") -> None:
+    """A written trace: the PNG (when asked), then the summary and heatmap (or the JSON document)."""
+    from lstmscope.fileio import file_sha256
+
     written = trace_file = None
     if png is not None or (heatmap is not None and not (quiet or json_out)):
         from lstmscope.tracefile import read_trace
 
-        trace_file = read_trace(outcome.path)
+        trace_file = read_trace(path)
     if png is not None:
         from lstmscope.plot import write_png
 
-        written = write_png(png, trace_file, picture["selection"], outcome.summary, force=force)
+        written = write_png(png, trace_file, selection, summary, force=force)
     if quiet:
         return
-    path = outcome.path
     size = path.stat().st_size if kept else None
     if json_out:
         from lstmscope.jsonout import dumps
         from lstmscope.tracefile import trace_document
 
-        doc = trace_document(path if kept else None, file_sha256(path) if kept else None, size, outcome.meta,
-                             outcome.layout, outcome.summary, chunk_size=outcome.chunk_size, threads=outcome.threads)
+        doc = trace_document(path if kept else None, file_sha256(path) if kept else None, size, meta, layout,
+                             summary, chunk_size=chunk_size, threads=threads)
         if written is not None:
             doc["png"] = {"path": str(written.path), "width": written.width, "height": written.height}
         sys.stdout.write(dumps(doc) + "\n")
@@ -475,14 +534,15 @@ def _trace_results(outcome, kept: bool, heatmap, png, picture: dict, force: bool
     from lstmscope.render.trace import render_trace
 
     console = _stdout()
-    render_trace(console, outcome, size)
+    render_trace(console, meta=meta, layout=layout, summary=summary, spec=spec, module_name=module_name,
+                 path=path if kept else None, size=size, input_name=input_name, chunk_size=chunk_size, verb=verb)
     if heatmap is not None:
         from lstmscope.heatmap import heatmap_grid
         from lstmscope.render.trace import heatmap_fit, render_heatmap
 
         console.print()
-        max_cols, max_rows = heatmap_fit(console, picture["selection"])
-        render_heatmap(console, heatmap_grid(trace_file, picture["selection"], max_cols, max_rows))
+        max_cols, max_rows = heatmap_fit(console, selection)
+        render_heatmap(console, heatmap_grid(trace_file, selection, max_cols, max_rows))
     if written is not None:
         from lstmscope.render.trace import render_png_written
 

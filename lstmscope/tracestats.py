@@ -249,3 +249,20 @@ def _row(key: tuple[int, str, str], st: _KeyState) -> QuantityStats:
         min=float(st.lo.min()) if n else None, max=float(st.hi.max()) if n else None,
         saturated_share=share, saturated_units=units,
         dead_units=int(dead.size), dead_unit_indices=[int(u) for u in dead[:DEAD_INDEX_CAP]])
+
+
+def summarize_trace(trace, block_bytes: int = 1 << 24) -> TraceStats:
+    """The figures of a trace read back from its file (a tracefile.TraceFile), a block of steps at a time (all
+    sequences, about ``block_bytes`` per read), so memory stays flat however long it is. A trace stored in
+    processing order is placed back in input time (the place of the largest |c| is an input step)."""
+    spec = trace.spec
+    lengths = trace.lengths if trace.lengths is not None else np.full(trace.batch, trace.time, dtype=np.int64)
+    summary = TraceSummary(lengths=lengths)
+    for layer, direction, quantity in trace.keys():
+        a = trace.tensors[trace.name(layer, direction, quantity)]  # (batch, time, width)
+        flipped = trace.time_order == "processing" and ((direction == 1) != spec.go_backwards)
+        step = max(1, block_bytes // max(1, a.shape[0] * a.shape[2] * a.dtype.itemsize))
+        for start in range(0, trace.time, step):
+            block = a.read_axis1(start, min(trace.time, start + step))
+            summary.add(layer, ("forward", "backward")[direction], quantity, start, block, flipped=flipped)
+    return summary.result()

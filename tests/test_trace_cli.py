@@ -420,3 +420,49 @@ def test_without_output_the_trace_is_summarised_and_not_kept(tmp_path, invoke):
     text = ok(invoke("trace", ck, inp, "--lengths", lens, "--heatmap", "f", "--tmp-dir", tmp)).stdout
     assert "not kept: give -o FILE" in text and "Heatmap: f (forget gate f_t)" in text
     assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("order", ["input", "processing"])
+def test_summary_from_the_file_equals_the_run_summary(tmp_path, invoke, order):
+    """tracestats.summarize_trace on a written trace (read back in small blocks) gives the figures trace printed."""
+    from lstmscope.tracefile import read_trace
+    from lstmscope.tracestats import summarize_trace
+
+    _, _, ck, inp, lens, _ = make_checkpoint(tmp_path)
+    out = tmp_path / "t.safetensors"
+    doc = json.loads(ok(invoke("trace", ck, inp, "--lengths", lens, "-o", out, "--order", order, "--json")).stdout)
+    again = summarize_trace(read_trace(out), block_bytes=64).to_dict()
+    for a, b in zip(doc["summary"]["rows"] + doc["summary"]["directions"], again["rows"] + again["directions"]):
+        for key in a:
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], rel=1e-9), key
+            else:
+                assert b[key] == a[key], key
+
+
+def test_show_state_on_a_trace_shows_it_again(tmp_path, invoke):
+    """show-state TRACE: the same JSON document as trace wrote (summary computed again from the file), the same
+    heatmap text, and a PNG, without running anything; heatmap options on a state file are refused."""
+    pytest.importorskip("matplotlib")
+    _, _, ck, inp, lens, _ = make_checkpoint(tmp_path)
+    out = tmp_path / "t.safetensors"
+    ran = json.loads(ok(invoke("trace", ck, inp, "--lengths", lens, "-o", out, "--json")).stdout)
+    shown = json.loads(ok(invoke("show-state", out, "--json")).stdout)
+    for key in ("schema", "path", "sha256", "bytes", "metadata", "tensors"):
+        assert shown[key] == ran[key], key
+    for a, b in zip(ran["summary"]["rows"] + ran["summary"]["directions"],
+                    shown["summary"]["rows"] + shown["summary"]["directions"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == (pytest.approx(a[key], rel=1e-9) if isinstance(a[key], float) else a[key]), key
+    args = ["--heatmap", "f", "--layer", "0", "--direction", "backward", "-b", "1", "--units", "1:4"]
+    drawn = ok(invoke("trace", ck, inp, "--lengths", lens, *args)).stdout
+    again = ok(invoke("show-state", out, *args)).stdout
+    assert drawn[drawn.index("Heatmap:"):] == again[again.index("Heatmap:"):]
+    ok(invoke("show-state", out, "--png", tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
+    np.savez(tmp_path / "s.npz", h_n=np.zeros((1, 1, 2)), c_n=np.zeros((1, 1, 2)))
+    r = invoke("show-state", tmp_path / "s.npz", "--heatmap", "f")
+    assert_error_no_file(r, tmp_path / "s.npz", "--heatmap is for traces")
+    r = invoke("show-state", out, "--units", "0:99", "--heatmap", "h")
+    assert_error_no_file(r, out, "--units 0:99")

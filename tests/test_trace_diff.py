@@ -333,3 +333,17 @@ def test_trace_diff_does_not_import_torch(files, tmp_path):
                         "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout == _cli("diff-states", files["f32_len"], files["f64_len"], "--json").stdout
+
+
+def test_show_state_on_a_trace_does_not_import_torch(files, tmp_path):
+    """show-state TRACE (summary and heatmap) is torch-free, like every command that only reads files."""
+    stub = tmp_path / "stub"
+    (stub / "torch").mkdir(parents=True)
+    (stub / "torch" / "__init__.py").write_text('raise ImportError("torch must not be imported")\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stub), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               COLUMNS="80")
+    env.pop("LSTMSCOPE_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "lstmscope", "show-state", str(files["f32_len"]), "--heatmap", "c"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "Heatmap: c (cell state c_t)" in r.stdout

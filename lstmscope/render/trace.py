@@ -124,21 +124,24 @@ def _render_step_profile(console: Console, rows, atol: float) -> None:
                                style=BAD_STYLE), no_wrap=True, overflow="crop")
 
 
-def render_trace(console: Console, outcome, size: int | None) -> None:
-    """``trace``: what was written (per quantity, how many tensors of which shape) and the summary figures
-    per layer, direction and quantity, with one line per figure saying what it means. ``size`` None: the
-    trace was not kept (no -o)."""
+def render_trace(console: Console, *, meta: dict, layout: dict, summary, spec, module_name: str,
+                 path=None, size: int | None = None, input_name: str | None = None, chunk_size: int | None = None,
+                 verb: str = "Wrote") -> None:
+    """A trace: what it holds (per quantity, how many tensors of which shape) and the summary figures per layer,
+    direction and quantity, with one line per figure saying what it means. ``path``/``size`` None: the trace
+    was not kept (``trace`` without -o; ``input_name`` names what was traced). ``verb``: "Wrote" after a run,
+    "Trace" when showing a file."""
     from lstmscope.tracestats import FIGURE_NOTES
 
-    meta, layout, stats = outcome.meta, outcome.layout, outcome.summary
-    padding = meta["padding"] if outcome.sequences.lengths is not None else "no padding"
-    how = (f"module {outcome.module.display_name}, {meta['dtype']}, {meta['time_order']}-time order, {padding}"
-           + (f", streamed in chunks of {outcome.chunk_size:,} steps" if outcome.chunk_size else ""))
-    if size is None:
-        console.print(Text.assemble(("Traced ", "bold"), f"{outcome.sequences.display_name} ({how}); "
+    stats = summary
+    padding = meta["padding"] if meta.get("lengths_sha256") else "no padding"
+    how = (f"module {module_name}, {meta['dtype']}, {meta['time_order']}-time order, {padding}"
+           + (f", streamed in chunks of {chunk_size:,} steps" if chunk_size else ""))
+    if path is None:
+        console.print(Text.assemble(("Traced ", "bold"), f"{input_name} ({how}); "
                                     "not kept: give -o FILE to keep every step"))
     else:
-        console.print(Text.assemble(("Wrote ", "bold"), str(outcome.path), f"  ({size:,} bytes; {how})"))
+        console.print(Text.assemble((f"{verb} ", "bold"), str(path), f"  ({size:,} bytes; {how})"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("quantity", "tensors", "shape (batch, time, width)", "example name"):
         table.add_column(col, overflow="fold")
@@ -149,7 +152,7 @@ def render_trace(console: Console, outcome, size: int | None) -> None:
     console.print(table)
     if stats is None:
         return
-    names = outcome.module.spec.names if outcome.module.spec.framework == "keras" else ()
+    names = spec.names if spec.framework == "keras" else ()
     summary = Table(title="Summary per layer, direction and quantity", box=box.SIMPLE_HEAD, pad_edge=False,
                     title_justify="left", title_style="bold")
     for col, justify in (("layer", "right"), ("dir", "left"), ("q", "left"), ("mean", "right"),
