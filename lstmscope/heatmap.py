@@ -178,13 +178,13 @@ class Scale:
 
 def fixed_scale(spec: LSTMSpec, quantity: str) -> Scale | None:
     """The activation's own range for ``quantity``, or None when it is unbounded (see the module docstring)."""
-    gate, cell = spec.gate_activation.name, spec.cell_activation.name
+    gate, cell, out = spec.gate_activation.name, spec.cell_activation.name, spec.output_activation.name
     if quantity in ("i", "f", "o"):
         return Scale(0.0, 1.0, True, f"{gate} range") if gate in UNIT_RANGE else None
     if quantity == "g":
         return Scale(-1.0, 1.0, True, f"{cell} range") if cell in SIGNED_UNIT_RANGE else None
-    if quantity == "h" and not spec.proj_size and cell in SIGNED_UNIT_RANGE and gate in UNIT_RANGE:
-        return Scale(-1.0, 1.0, True, f"o * {cell}(c) range")
+    if quantity == "h" and not spec.proj_size and out in SIGNED_UNIT_RANGE and gate in UNIT_RANGE:
+        return Scale(-1.0, 1.0, True, f"o * {out}(c) range")
     return None
 
 

@@ -288,22 +288,19 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | DiskArray], dict[str, str] | None]:
     """Tensors as DiskArrays (nothing is read yet), after the header has been checked against the file.
-    A file with a dtype numpy lacks (BF16, F8) goes through the safetensors library, which refuses it."""
+    A dtype numpy lacks (BF16, F8_*) is refused, whatever numpy extensions happen to be loaded (ml_dtypes,
+    which onnx and Keras bring, would otherwise let the safetensors library hand such tensors over)."""
     from lstmscope.dtypes import NUMPY
     from lstmscope.readers.safetensors import read_header
 
     layout, meta = read_header(path, StateError)
-    if all(dtype in NUMPY for dtype, _, _, _ in layout.values()):
-        return {k: DiskArray(path, begin, shape, NUMPY[dtype], error=StateError)
-                for k, (dtype, shape, begin, _) in layout.items()}, meta
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata()
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except Exception as e:
-        raise StateError(f"{path}: cannot read safetensors ({clean_message(e)})") from None
+    odd = {k: dtype for k, (dtype, _, _, _) in layout.items() if dtype not in NUMPY}
+    if odd:
+        what = ", ".join(f"{k} is {dtype}" for k, dtype in sorted(odd.items()))
+        raise StateError(f"{path}: cannot read safetensors tensors of this dtype ({what}); lstmscope reads "
+                         "float16/32/64 states: save them as float32 (e.g. tensor.float())")
+    return {k: DiskArray(path, begin, shape, NUMPY[dtype], error=StateError)
+            for k, (dtype, shape, begin, _) in layout.items()}, meta
 
 
 def _read_torch_state(path: Path) -> dict[str, np.ndarray]:

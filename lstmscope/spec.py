@@ -60,7 +60,7 @@ def _opt_float(v) -> float | None:
 
 
 BIAS_LAYOUTS = ("ih+hh", "single")  # PyTorch/ONNX: b_ih + b_hh; Keras: one bias (b_hh handed over as zeros)
-FRAMEWORKS = ("pytorch", "keras")  # whose terms the relation between state and output is shown in
+FRAMEWORKS = ("pytorch", "keras", "onnx")  # whose terms the relation between state and output is shown in
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,14 @@ class LSTMSpec:
     bias_layout: str = "ih+hh"  # see BIAS_LAYOUTS
     framework: str = "pytorch"  # see FRAMEWORKS
     names: tuple[str, ...] = ()  # PyTorch: () (the module's key prefix names it); Keras: each layer's name
+    # ONNX's cell features (nn.LSTM and Keras have none of them; any of them set runs on the stepwise engine):
+    peephole: bool = False  # peephole weights weight_peephole_l{k} (3H,), order (i, f, o): i and f add
+    #                         p * c_{t-1} to their pre-activation, o adds p * c_t (the new cell state)
+    clip: float | None = None  # cell clip: every gate pre-activation (i, f, o and the candidate's, after
+    #                            bias and peephole) clamped to [-clip, clip] before its activation; not c
+    input_forget: bool = False  # coupled input and forget gates: f = 1 - i (f's weights are unused)
+    hidden_activation: Activation | None = None  # act in h = o * act(c) where it differs from cell_activation
+    #                                              (ONNX's third activation, "h"); None: cell_activation
 
     @property
     def num_directions(self) -> int:
@@ -97,21 +105,39 @@ class LSTMSpec:
         return self.proj_size or self.hidden_size
 
     @property
+    def output_activation(self) -> Activation:
+        """The activation of c in h = o * act(c): ``hidden_activation`` if set, else ``cell_activation``."""
+        return self.cell_activation if self.hidden_activation is None else self.hidden_activation
+
+    @property
     def standard_cell(self) -> bool:
-        """True when ``nn.LSTM`` computes this cell exactly (sigmoid gates, tanh cell); other cells run on
-        the stepwise engine."""
-        return self.gate_activation == SIGMOID and self.cell_activation == TANH
+        """True when ``nn.LSTM`` computes this cell exactly (sigmoid gates, tanh cell and output, no peepholes,
+        clip or coupled gates); other cells run on the stepwise engine."""
+        return (self.gate_activation == SIGMOID and self.cell_activation == TANH and self.output_activation == TANH
+                and not self.peephole and self.clip is None and not self.input_forget)
 
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.output_size * self.num_directions
 
     def describe_cell(self) -> str:
-        """"sigmoid gates, tanh cell" and the like, for headers and tables."""
-        return f"{self.gate_activation} gates, {self.cell_activation} cell"
+        """"sigmoid gates, tanh cell" and the like ("..., relu output, peepholes, clip 3, coupled input and
+        forget gates" for ONNX's features), for headers and tables."""
+        parts = [f"{self.gate_activation} gates", f"{self.cell_activation} cell"]
+        if self.output_activation != self.cell_activation:
+            parts.append(f"{self.output_activation} output")
+        if self.peephole:
+            parts.append("peepholes")
+        if self.clip is not None:
+            parts.append(f"clip {_num(self.clip)}")
+        if self.input_forget:
+            parts.append("coupled input and forget gates")
+        return ", ".join(parts)
 
     def to_dict(self) -> dict:
-        """Every field, JSON-ready (the one place the configuration is written out)."""
-        return {
+        """Every field, JSON-ready (the one place the configuration is written out). ONNX's cell features
+        (peephole, clip, input_forget, hidden_activation) are written only when set, so the documents and
+        metadata of every other cell stay as they were; :meth:`from_dict` reads their absence as the defaults."""
+        out = {
             "input_size": self.input_size, "hidden_size": self.hidden_size, "proj_size": self.proj_size,
             "num_layers": self.num_layers, "bidirectional": self.bidirectional,
             "num_directions": self.num_directions, "bias": self.bias, "dtype": self.dtype,
@@ -119,6 +145,15 @@ class LSTMSpec:
             "go_backwards": self.go_backwards, "bias_layout": self.bias_layout, "framework": self.framework,
             "names": list(self.names),
         }
+        if self.peephole:
+            out["peephole"] = True
+        if self.clip is not None:
+            out["clip"] = self.clip
+        if self.input_forget:
+            out["input_forget"] = True
+        if self.hidden_activation is not None:
+            out["hidden_activation"] = self.hidden_activation.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LSTMSpec":
@@ -133,12 +168,18 @@ class LSTMSpec:
             cell_activation=Activation.from_dict(d.get("cell_activation", "tanh")),
             go_backwards=bool(d.get("go_backwards", False)), bias_layout=str(d.get("bias_layout", "ih+hh")),
             framework=str(d.get("framework", "pytorch")), names=tuple(str(n) for n in d.get("names", ())),
+            peephole=bool(d.get("peephole", False)), clip=_opt_float(d.get("clip")),
+            input_forget=bool(d.get("input_forget", False)),
+            hidden_activation=(None if d.get("hidden_activation") is None
+                               else Activation.from_dict(d["hidden_activation"])),
         )
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter ``nn.LSTM`` would hold, with its shape, keyed as in its state_dict.
 
-        This is also the canonical layout every reader hands parameters over in (gate order i, f, g, o)."""
+        This is also the canonical layout every reader hands parameters over in (gate order i, f, g, o), plus
+        ``weight_peephole_l{k}`` (3H,) in the order (i, f, o) when the cell has peepholes (ONNX's P is (i, o,
+        f): its reader reorders)."""
         h, p = self.hidden_size, self.proj_size
         out: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
@@ -151,6 +192,8 @@ class LSTMSpec:
                     out[f"bias_hh_{k}"] = (4 * h,)
                 if p:
                     out[f"weight_hr_{k}"] = (p, h)
+                if self.peephole:
+                    out[f"weight_peephole_{k}"] = (3 * h,)
         return out
 
     def parameter_count(self) -> int:

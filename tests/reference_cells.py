@@ -13,6 +13,17 @@ The same equations as reference.py's ``lstm_reference``, with the two activation
 
 Activations are written from the formulas in the comment above lstmscope.spec.ACTIVATION_PARAMS (Keras
 names; alpha/beta as ONNX's activation_alpha/activation_beta; selu with Keras's constants).
+
+ONNX's cell, from the operator's equations (P peepholes, given as ``weight_peephole_l{k}[_reverse]`` (3H,)
+in the order i, f, o; ``hidden_activation`` h, by default the cell activation; clip(z) = min(max(z, -clip),
+clip) on every gate pre-activation when ``clip`` is given, the identity otherwise)::
+
+    i  = gate_act(clip(W_ii x + b_ii + W_hi h + b_hi + P_i * c))
+    f  = gate_act(clip(W_if x + b_if + W_hf h + b_hf + P_f * c))     input_forget: f = 1 - i
+    g  = cell_act(clip(W_ig x + b_ig + W_hg h + b_hg))
+    c' = f * c + i * g
+    o  = gate_act(clip(W_io x + b_io + W_ho h + b_ho + P_o * c'))    (the new c')
+    h' = o * hidden_act(c')
 """
 
 from __future__ import annotations
@@ -80,9 +91,12 @@ def _f64(v):
 
 
 def lstm_reference_cells(params: dict, x, *, num_layers: int, bidirectional: bool, proj_size: int = 0,
-                         lengths=None, h0=None, c0=None, gate_activation="sigmoid", cell_activation="tanh"):
+                         lengths=None, h0=None, c0=None, gate_activation="sigmoid", cell_activation="tanh",
+                         hidden_activation=None, clip=None, input_forget=False):
     """Like ``reference.lstm_reference`` (same arguments, same conventions for lengths, h0/c0 and the
-    results), with ``gate_activation`` (i, f, o) and ``cell_activation`` (g and the output's act(c)).
+    results), with ``gate_activation`` (i, f, o) and ``cell_activation`` (g and the output's act(c)), and
+    ONNX's cell: ``hidden_activation`` (the output's act(c) when given), ``clip``, ``input_forget`` and
+    peepholes (any ``weight_peephole_*`` in ``params``), as in the module docstring.
 
     x: (B, T, F) batch-first. Returns (output (B, T, D*H_out), h_n (L*D, B, H_out), c_n (L*D, B, H),
     layer_outputs), float64; output is 0 where t >= lengths[b]."""
@@ -91,7 +105,8 @@ def lstm_reference_cells(params: dict, x, *, num_layers: int, bidirectional: boo
     D = 2 if bidirectional else 1
     trace = lstm_reference_trace(params, x, num_layers=num_layers, bidirectional=bidirectional,
                                  proj_size=proj_size, lengths=lengths, h0=h0, c0=c0,
-                                 gate_activation=gate_activation, cell_activation=cell_activation)
+                                 gate_activation=gate_activation, cell_activation=cell_activation,
+                                 hidden_activation=hidden_activation, clip=clip, input_forget=input_forget)
     lens = np.full(B, T) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(B)
     rows = np.arange(B)
     h_n, c_n, layer_outputs = [], [], []
@@ -106,7 +121,8 @@ def lstm_reference_cells(params: dict, x, *, num_layers: int, bidirectional: boo
 
 
 def lstm_reference_trace(params: dict, x, *, num_layers: int, bidirectional: bool, proj_size: int = 0,
-                         lengths=None, h0=None, c0=None, gate_activation="sigmoid", cell_activation="tanh"):
+                         lengths=None, h0=None, c0=None, gate_activation="sigmoid", cell_activation="tanh",
+                         hidden_activation=None, clip=None, input_forget=False):
     """Every step of every layer and direction, from the equations above (the same arguments and
     conventions as ``lstm_reference_cells``).
 
@@ -114,6 +130,8 @@ def lstm_reference_trace(params: dict, x, *, num_layers: int, bidirectional: boo
     after their activations; h of width proj_size when projected, else H), in input-time order: step t is
     the state after reading x[t], for the backward direction (1) too. Steps t >= lengths[b] are NaN."""
     gate, cell = _as_fn(gate_activation), _as_fn(cell_activation)
+    out_act = cell if hidden_activation is None else _as_fn(hidden_activation)
+    cut = (lambda z: z) if clip is None else (lambda z: np.minimum(np.maximum(z, -float(clip)), float(clip)))
     x = np.asarray(x, dtype=np.float64)
     B, T, _ = x.shape
     D = 2 if bidirectional else 1
@@ -131,6 +149,8 @@ def lstm_reference_trace(params: dict, x, *, num_layers: int, bidirectional: boo
             w_ih, w_hh = _f64(params["weight_ih" + sfx]), _f64(params["weight_hh" + sfx])
             b = sum((_f64(params[n]) for n in ("bias_ih" + sfx, "bias_hh" + sfx) if n in params), np.zeros(4 * H))
             w_hr = _f64(params["weight_hr" + sfx]) if proj_size else None
+            peep = _f64(params["weight_peephole" + sfx]) if "weight_peephole" + sfx in params else np.zeros(3 * H)
+            p_i, p_f, p_o = peep[:H], peep[H:2 * H], peep[2 * H:]
             k = layer * D + d
             rec = {q: np.full((B, T, P if q == "h" else H), np.nan) for q in "hcifgo"}
             for bi in range(B):
@@ -138,9 +158,12 @@ def lstm_reference_trace(params: dict, x, *, num_layers: int, bidirectional: boo
                 n = int(lens[bi])
                 for t in (range(n) if d == 0 else range(n - 1, -1, -1)):
                     z = w_ih @ inp[bi, t] + w_hh @ h + b
-                    i, f, g, o = gate(z[:H]), gate(z[H:2 * H]), cell(z[2 * H:3 * H]), gate(z[3 * H:])
+                    i = gate(cut(z[:H] + p_i * c))
+                    f = 1.0 - i if input_forget else gate(cut(z[H:2 * H] + p_f * c))
+                    g = cell(cut(z[2 * H:3 * H]))
                     c = f * c + i * g
-                    h = o * cell(c)
+                    o = gate(cut(z[3 * H:] + p_o * c))
+                    h = o * out_act(c)
                     if w_hr is not None:
                         h = w_hr @ h
                     for q, v in zip("hcifgo", (h, c, i, f, g, o)):

@@ -47,7 +47,8 @@ def as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def engine_name(spec: LSTMSpec) -> str:
-    """Which engine runs ``spec``: "fused" (nn.LSTM) or "stepwise" (lstmscope.engine.stepwise)."""
+    """Which engine runs ``spec``: "fused" (nn.LSTM) for a standard cell, else "stepwise"
+    (lstmscope.engine.stepwise: other activations, peepholes, clip, coupled gates)."""
     return "fused" if spec.standard_cell else "stepwise"
 
 
@@ -62,10 +63,13 @@ def build_lstm(spec: LSTMSpec, params: dict[str, np.ndarray], dtype: torch.dtype
     with torch.device("meta"):
         if spec.standard_cell and not stepwise:  # the fused kernel: every cell it computes exactly
             lstm = nn.LSTM(**shape)
-        else:  # any other activation: the same calling convention, one time step at a time
+        else:  # any other cell (activations, ONNX's peepholes, clip, coupled gates): the same calling
+            #    convention, one time step at a time
             from lstmscope.engine.stepwise import StepwiseLSTM
 
-            lstm = StepwiseLSTM(**shape, gate_activation=spec.gate_activation, cell_activation=spec.cell_activation)
+            lstm = StepwiseLSTM(**shape, gate_activation=spec.gate_activation, cell_activation=spec.cell_activation,
+                                peephole=spec.peephole, clip=spec.clip, input_forget=spec.input_forget,
+                                hidden_activation=spec.hidden_activation)
     state = {k: as_tensor(v).to(device=device, dtype=dtype) for k, v in params.items()}
     lstm.load_state_dict(state, strict=True, assign=True)
     return lstm.eval()

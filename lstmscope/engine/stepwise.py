@@ -32,6 +32,20 @@ place), with no test or copy per step for it: the capture work is per block, and
 Gates are reordered once per call from nn.LSTM's (i, f, g, o) to (i, f, o, g), so the gate activation is
 one op over the first 3H columns and the cell activation one op over the last H.
 
+ONNX's cell (``peephole``, ``clip``, ``input_forget``, a third ``hidden_activation``) is part of the cell,
+not a wrapper around it. The step loop, its buffers, the packed-prefix scheme, capture and the recurrent
+product (plain or prepacked) are shared; only what happens between "gates += h W_hh^T" and "c is written"
+differs, so the loop picks, once per layer, between its inlined standard body and the function
+:meth:`StepwiseLSTM._onnx_step` makes (a single ``if`` per step; the standard body and its bits are
+unchanged). That function follows onnxruntime's order: i and f add their peephole times c_{t-1}, every gate
+pre-activation (i, f, o and the candidate's) is clamped to [-clip, clip] (c itself is not), f = 1 - i with
+input_forget, c_t = f * c_{t-1} + i * g, and only then does o add its peephole times the new c_t and get
+clamped and activated (peepholes are why o waits; without them all four gates are one clamp and two
+activations, as in the standard step). Everything else follows: h = o * out_act(c_t), the projection
+(which ONNX has not, but the peephole acts on c, which is hidden-wide), and the captured i, f, g, o are the
+gates after their activations (f is 1 - i with input_forget). A distinct hidden activation needs no other
+step: the standard body applies ``out_act`` (the cell activation unless one is given) to c.
+
 The prepacked recurrent product. oneDNN multiplies by a weight stored in its own blocked layout faster than
 MKL's addmm_ does by W_hh^T for this skinny GEMM (batch rows against a (P, 4H) weight): both directions of
 32 x 256 @ 256 x 1024 take 400 us a step at one thread against baddbmm_'s 480-510, 225-280 at two against
@@ -255,14 +269,19 @@ class StepwiseLSTM(nn.Module):
         weight_hh_l{k}  (4*hidden, P)
         bias_ih_l{k}, bias_hh_l{k}  (4*hidden,)   when bias
         weight_hr_l{k}  (proj_size, hidden)       when proj_size > 0
+        weight_peephole_l{k}  (3*hidden,)         when peephole, order (i, f, o)
     The cell: gates = x W_ih^T + b_ih + h W_hh^T + b_hh; i, f, o = gate_act(.); g = cell_act(.);
-    c = f * c + i * g; h = o * cell_act(c); with a projection h = h W_hr^T.
+    c = f * c + i * g; h = o * out_act(c) (out_act = hidden_activation, or cell_act when None); with a
+    projection h = h W_hr^T. ONNX's features (any of them makes the step ONNX's, see :meth:`_onnx_step`):
+    ``peephole`` (i, f += p * c_{t-1}; o += p * c_t, after c is updated), ``clip`` (every gate
+    pre-activation clamped to [-clip, clip]) and ``input_forget`` (f = 1 - i).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, proj_size: int = 0,
                  gate_activation: Activation = SIGMOID, cell_activation: Activation = TANH,
-                 device=None, dtype=None):
+                 peephole: bool = False, clip: float | None = None, input_forget: bool = False,
+                 hidden_activation: Activation | None = None, device=None, dtype=None):
         super().__init__()
         if num_layers < 1 or hidden_size < 1 or input_size < 1:
             raise ValueError(f"StepwiseLSTM needs positive sizes (input_size={input_size}, "
@@ -271,8 +290,14 @@ class StepwiseLSTM(nn.Module):
             raise ValueError(f"proj_size={proj_size} must be 0 or lie in 1..hidden_size-1 ({hidden_size - 1})")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional, self.proj_size = bias, batch_first, bidirectional, proj_size
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip={clip} must be a positive threshold (or None: no clip)")
         self.gate_activation, self.cell_activation = gate_activation, cell_activation
+        self.peephole, self.input_forget = bool(peephole), bool(input_forget)
+        self.clip = None if clip is None else float(clip)
+        self.hidden_activation = hidden_activation
         self._gate_fn, self._cell_fn = activation_fn(gate_activation), activation_fn(cell_activation)
+        self._out_fn = self._cell_fn if hidden_activation is None else activation_fn(hidden_activation)
         d = 2 if bidirectional else 1
         out = proj_size or hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -287,6 +312,9 @@ class StepwiseLSTM(nn.Module):
                     self.register_parameter(f"bias_hh_{k}", nn.Parameter(torch.empty(4 * hidden_size, **factory)))
                 if proj_size:
                     self.register_parameter(f"weight_hr_{k}", nn.Parameter(torch.empty(proj_size, hidden_size, **factory)))
+                if peephole:  # (i, f, o): i and f read c_{t-1}, o reads c_t
+                    self.register_parameter(f"weight_peephole_{k}",
+                                            nn.Parameter(torch.empty(3 * hidden_size, **factory)))
         self.reset_parameters()
 
     @property
@@ -305,7 +333,22 @@ class StepwiseLSTM(nn.Module):
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
         s += f", bias={self.bias}, batch_first={self.batch_first}, bidirectional={self.bidirectional}"
-        return s + f", gate_activation={self.gate_activation}, cell_activation={self.cell_activation}"
+        s += f", gate_activation={self.gate_activation}, cell_activation={self.cell_activation}"
+        if self.hidden_activation is not None:
+            s += f", hidden_activation={self.hidden_activation}"
+        if self.peephole:
+            s += ", peephole=True"
+        if self.clip is not None:
+            s += f", clip={self.clip:g}"
+        if self.input_forget:
+            s += ", input_forget=True"
+        return s
+
+    @property
+    def onnx_cell(self) -> bool:
+        """True when the cell has one of ONNX's features that change the step (peepholes, clip, coupled
+        input and forget gates); a distinct hidden activation alone does not (it is only another function)."""
+        return self.peephole or self.clip is not None or self.input_forget
 
     # ------------------------------------------------------------------------------------------------
     # forward
@@ -418,9 +461,11 @@ class StepwiseLSTM(nn.Module):
             sl = slice(layer * d, (layer + 1) * d)
             emit = None if capture is None else self._emitter(capture, layer, steps, unsort)
             w_ih, bias, w_hh_t, w_hr_t = self._layer_weights(layer)
+            cell = self._onnx_step(layer) if self.onnx_cell else None  # None: the standard step
             fast = _prepacked_recurrent(w_hh_t, batch) if prepack else None  # None: the plain product
             prepack = fast is not None  # a failed self-check turns it off for the layers left too
-            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], w_ih, bias, w_hh_t, w_hr_t, gates, y, emit, fast)
+            h_n, c_n = self._run_layer(x, counts, h0[sl], c0[sl], w_ih, bias, w_hh_t, w_hr_t, gates, y, emit, fast,
+                                       cell)
             hs.append(h_n)
             cs.append(c_n)
             if d == 1:
@@ -450,13 +495,66 @@ class StepwiseLSTM(nn.Module):
                                   o=g[..., 2 * h:3 * h], c=c, h=hh))
         return emit
 
-    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y, emit=None, fast=None):
+    def _onnx_step(self, layer: int):
+        """The cell part of one step of ONNX's LSTM for ``layer``: a function (g, ifo, cand, i, f, o, cs, cn)
+        taking the step's gate views as :meth:`_run_layer` makes them (pre-activations, h W_hh^T and biases
+        added; (i, f, o, g) order) and the previous c ``cs``, leaving the gates after their activations and
+        writing c_t into ``cn`` (``cn`` may be ``cs``: in place). ONNX's order (operator docs and
+        onnxruntime's uni_directional_lstm.cc): i and f add P_i * c_{t-1}, P_f * c_{t-1}; every gate
+        pre-activation is clamped to [-clip, clip]; i, f = gate_act, g = cell_act; with input_forget
+        f = 1 - i; c_t = f * c_{t-1} + i * g; only then o adds P_o * c_t, is clamped and activated."""
+        h, clip, coupled = self.hidden_size, self.clip, self.input_forget
+        gate_fn, cell_fn = self._gate_fn, self._cell_fn
+
+        def couple(i: torch.Tensor, f: torch.Tensor) -> None:  # f = 1 - i
+            torch.neg(i, out=f).add_(1.0)
+
+        if not self.peephole:  # every gate reads c_{t-1} or nothing: one clamp, one gate activation
+            def step(g, ifo, cand, i, f, o, cs, cn):
+                if clip is not None:
+                    g.clamp_(-clip, clip)
+                gate_fn(ifo, ifo)
+                if coupled:
+                    couple(i, f)
+                cell_fn(cand, cand)
+                torch.mul(cs, f, out=cn).addcmul_(i, cand)
+            return step
+
+        names = [f"l{layer}{s}" for s in ("", "_reverse")[: self.num_directions]]
+        peep = torch.stack([getattr(self, f"weight_peephole_{k}") for k in names]).unsqueeze(1)  # (D, 1, 3H)
+        if self.num_directions == 1:
+            peep = peep[0]  # (1, 3H): the one-direction loop has no D axis
+        p_i, p_f, p_o = peep[..., :h], peep[..., h:2 * h], peep[..., 2 * h:]  # (i, f, o), each broadcast over rows
+
+        def step(g, ifo, cand, i, f, o, cs, cn):
+            i.addcmul_(cs, p_i)
+            if coupled:
+                fi = i  # f's pre-activation is not used
+            else:
+                f.addcmul_(cs, p_f)
+                fi = g[..., :2 * h]  # i and f
+            if clip is not None:
+                fi.clamp_(-clip, clip)
+                cand.clamp_(-clip, clip)
+            gate_fn(fi, fi)
+            if coupled:
+                couple(i, f)
+            cell_fn(cand, cand)
+            torch.mul(cs, f, out=cn).addcmul_(i, cand)
+            o.addcmul_(cn, p_o)  # the output gate's peephole reads the new c
+            if clip is not None:
+                o.clamp_(-clip, clip)
+            gate_fn(o, o)
+        return step
+
+    def _run_layer(self, x, counts, h0, c0, w_ih, bias, w_hh_t, w_hr_t, gates, y, emit=None, fast=None, cell=None):
         """One layer, both directions together. x (time, batch, in); h0 (D, batch, P); c0 (D, batch, H);
         weights as :meth:`_layer_weights` gives them; counts as in :meth:`_run`; gates (D, block, batch, 4H)
         a work buffer. ``emit``: None, or called after each block of k steps from s0 with that block's
         gates (D, k, batch, 4H; i, f, o, g after their activations), c (k, D, batch, H) and y (D, k, batch, P),
         each direction in its processing order, rows in the packed order. ``fast``: None, or the prepacked
-        recurrent product (:func:`_prepacked_recurrent`) to use instead of addmm_/baddbmm_.
+        recurrent product (:func:`_prepacked_recurrent`) to use instead of addmm_/baddbmm_. ``cell``: None (the
+        standard step), or :meth:`_onnx_step`'s function for the gates and c of a step.
 
         Writes y (D, time, batch, P), each direction's output in its own processing order (the backward
         direction's step s is time T-1-s; with counts, slots where a sequence does not run hold junk) and
@@ -469,8 +567,8 @@ class StepwiseLSTM(nn.Module):
         # it, a buffer of the block's steps, (block, D, batch, H), handed to `emit`. Pairs (D-axis view, run view).
         cbuf = None if emit is None else x.new_empty((block, d, batch, h))
         c_slots = [(t, t[0] if d == 1 else t) for t in ([c] * block if cbuf is None else cbuf)]
-        tc = x.new_empty((d, batch, h))  # cell_act(c)
-        hfull = x.new_empty((d, batch, h)) if w_hr_t is not None else None  # o * cell_act(c), before W_hr
+        tc = x.new_empty((d, batch, h))  # out_act(c): the hidden activation, cell_act unless one is given
+        hfull = x.new_empty((d, batch, h)) if w_hr_t is not None else None  # o * out_act(c), before W_hr
         h_prev = h0  # (D, batch, P): the state a step reads (read only: later steps read a step of y)
         # The step loop works on (D, batch, .) tensors with baddbmm/bmm; one direction drops the D axis and
         # uses addmm/mm, which cost less per call. Either way rows are the second-to-last axis.
@@ -486,7 +584,7 @@ class StepwiseLSTM(nn.Module):
             recurrent = fast
         # Views of each step's slice of `gates`: all 4H, then i, f, o (3H), then g, i, f, o (H each).
         rows = [(r, r[..., :3 * h], r[..., 3 * h:], r[..., :h], r[..., h:2 * h], r[..., 2 * h:3 * h]) for r in g_run]
-        gate_fn, cell_fn = self._gate_fn, self._cell_fn
+        gate_fn, cell_fn, out_fn = self._gate_fn, self._cell_fn, self._out_fn
         if counts is not None:
             h_n, c_n = h0.clone(), c0.clone()  # filled in row by row as sequences finish
             fwd, bwd = counts, counts[::-1]  # running rows per step; the backward step s runs time T-1-s
@@ -522,15 +620,18 @@ class StepwiseLSTM(nn.Module):
                         t[..., :n, :] for t in (g, ifo, cand, i, f, o, h_in, cs, cn, tcs, out))
                     hf = hf[..., :n, :] if hf is not None else None
                 recurrent(g, h_in, w_rec)  # gates += h W_hh^T
-                gate_fn(ifo, ifo)
-                cell_fn(cand, cand)
-                torch.mul(cs, f, out=cn).addcmul_(i, cand)  # c = f * c + i * g (in place without capture)
-                cell_fn(cn, tcs)
+                if cell is None:
+                    gate_fn(ifo, ifo)
+                    cell_fn(cand, cand)
+                    torch.mul(cs, f, out=cn).addcmul_(i, cand)  # c = f * c + i * g (in place without capture)
+                else:  # ONNX's cell: peepholes, clip, f = 1 - i (see _onnx_step)
+                    cell(g, ifo, cand, i, f, o, cs, cn)
+                out_fn(cn, tcs)
                 if hf is None:
-                    torch.mul(o, tcs, out=out)  # h = o * cell_act(c)
+                    torch.mul(o, tcs, out=out)  # h = o * out_act(c)
                 else:
                     torch.mul(o, tcs, out=hf)
-                    project(hf, w_proj, out=out)  # h = (o * cell_act(c)) W_hr^T
+                    project(hf, w_proj, out=out)  # h = (o * out_act(c)) W_hr^T
                 h_prev = out if counts is None else y_steps[s - s0]
                 c, c_run = c_full, c_next
             if emit is not None:
