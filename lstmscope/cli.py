@@ -130,7 +130,7 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     else:
         from lstmscope.render import render_inspect
 
-        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, version=ck.framework_version, **read)
+        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, version=ck.producer, **read)
 
 
 InputArg = Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]

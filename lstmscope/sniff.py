@@ -19,6 +19,7 @@ TORCHSCRIPT = "torchscript"  # torch.jit.save archive
 SAFETENSORS = "safetensors"  # safetensors without lstmscope snapshot metadata
 KERAS_ZIP = "keras-zip"  # Keras 3 .keras: config.json + model.weights.h5 in a zip
 HDF5 = "hdf5"  # Keras .h5 / .weights.h5 (and .keras files that are really HDF5)
+ONNX = "onnx"  # an ONNX ModelProto (protobuf)
 # State snapshots and inputs
 SNAPSHOT = "lstmscope-snapshot"  # safetensors with an lstmscope.state metadata entry
 NPY = "npy"
@@ -28,7 +29,7 @@ UNKNOWN_ZIP = "zip"
 DAMAGED_ZIP = "damaged-zip"
 OTHER = "other"
 
-CHECKPOINT_FORMATS = (TORCH_ZIP, TORCH_LEGACY, SAFETENSORS, KERAS_ZIP, HDF5)
+CHECKPOINT_FORMATS = (TORCH_ZIP, TORCH_LEGACY, SAFETENSORS, KERAS_ZIP, HDF5, ONNX)
 
 SNAPSHOT_METADATA_KEY = "lstmscope.state"
 _PEEK_HEADER = 1 << 20  # a snapshot's metadata sits in its header; headers past this are not snapshots we wrote
@@ -74,6 +75,8 @@ def sniff(path: Path) -> Sniffed:
     if _looks_like_text(head[:16]):  # before the safetensors test: '{' can sit at byte 8 of a JSON file too
         kind = "a JSON file" if head.lstrip()[:1] in (b"{", b"[") else "a text file"
         return Sniffed(OTHER, kind)
+    if _looks_like_onnx(path, head):  # before the safetensors test: a protobuf can hold '{' at byte 8
+        return Sniffed(ONNX, "an ONNX model")
     if len(head) >= 9 and head[8:9] == b"{":
         if _is_snapshot(path):
             return Sniffed(SNAPSHOT, "an lstmscope state snapshot")
@@ -86,6 +89,49 @@ def sniff(path: Path) -> Sniffed:
     if not head:
         return Sniffed(OTHER, "an empty file")
     return Sniffed(OTHER, "not a file lstmscope knows")
+
+
+# ONNX ModelProto fields: number -> protobuf wire type (0 varint, 2 length-delimited): ir_version 1,
+# producer_name 2, producer_version 3, domain 4, model_version 5, doc_string 6, graph 7, opset_import 8,
+# metadata_props 14, training_info 20, functions 25, configuration 26
+_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+_ONNX_PEEK = 1 << 16
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while i < len(buf) and shift < 64:
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    return None
+
+
+def _looks_like_onnx(path: Path, head: bytes) -> bool:
+    """A protobuf whose first field is a ModelProto's ir_version (1-99; writers put field 1 first) and whose
+    next fields, read by their tags only, are ModelProto fields of the right wire type. A truncated model
+    still counts (its reader says it is truncated)."""
+    if len(head) < 2 or head[0] != 0x08 or not 0 < head[1] < 100:
+        return False
+    with open(path, "rb") as f:
+        buf = f.read(_ONNX_PEEK)
+    size = path.stat().st_size
+    i, fields = 2, 1
+    while i < len(buf) and fields < 16:
+        tag = _varint(buf, i)
+        if tag is None or _MODEL_FIELDS.get(tag[0] >> 3) != (tag[0] & 7):
+            return False
+        i, fields = tag[1], fields + 1
+        n = _varint(buf, i)
+        if n is None:  # cut inside a varint
+            return fields >= 2
+        i = n[1] + (n[0] if tag[0] & 7 == 2 else 0)
+        if i > size:
+            return fields >= 2  # a field that runs past the end: a truncated model
+    return fields >= 2
 
 
 def _sniff_zip(path: Path) -> Sniffed:

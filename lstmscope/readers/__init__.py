@@ -1,7 +1,7 @@
 """Checkpoint readers, one module per file family, behind one protocol (lstmscope.readers.base).
 
 ``read_checkpoint(path)`` sniffs the file by its bytes (lstmscope.sniff) and hands it to the reader of
-its format. Readers are imported only when a file of theirs is read (h5py, torch stay unloaded otherwise).
+its format. Readers are imported only when a file of theirs is read (h5py, onnx, torch stay unloaded otherwise).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ READERS = {
     _sniff.SAFETENSORS: "lstmscope.readers.safetensors",
     _sniff.KERAS_ZIP: "lstmscope.readers.keras",
     _sniff.HDF5: "lstmscope.readers.keras",
+    _sniff.ONNX: "lstmscope.readers.onnx",
 }
-KNOWN = "PyTorch (.pt/.pth/.bin/.ckpt), .safetensors and Keras (.keras/.h5/.weights.h5) checkpoints"
+KNOWN = "PyTorch (.pt/.pth/.bin/.ckpt), .safetensors, Keras (.keras/.h5/.weights.h5) checkpoints and ONNX models"
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

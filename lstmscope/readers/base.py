@@ -72,6 +72,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)  # one-line facts about the file for stderr
     no_lstm_hint: str = ""  # why no module was found, in the format's terms (for the "holds no LSTM" error)
     framework_version: str | None = None  # e.g. Keras's keras_version attribute
+    producer: str | None = None  # who wrote the file, for display: "Keras 3.1.0", "pytorch 1.9, ONNX opset 13"
     # readers whose files may lack the cell's config (Keras) set this: (module, activation, recurrent_activation)
     # -> the module with those activations; None: the format's cell is fixed (nn.LSTM's)
     _cell_override: Callable[[LSTMModule, str | None, str | None], LSTMModule] | None = field(default=None, repr=False)

@@ -53,7 +53,7 @@ def describe_spec(spec: LSTMSpec) -> str:
 def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule], *,
                    stubbed_globals: list[str] = (), refused_calls: list[str] = (),
                    single_layers: list[LSTMModule] = (), version: str | None = None) -> None:
-    console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', Keras {version}' if version else ''})"))
+    console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', {version}' if version else ''})"))
     if stubbed_globals or refused_calls:
         console.print(Text("read without running code" + (f": {', '.join(stubbed_globals)}" if stubbed_globals else "")))
     if refused_calls:

@@ -116,6 +116,7 @@ def _checkpoint(path: Path, fmt: str, found: _Listing) -> Checkpoint:
     return Checkpoint(path=path, format=found.kind, sha256=file_sha256(path), tensors=found.tensors,
                       modules=[m for m, _ in modules], _parameters=parameters, other_recurrent=found.others,
                       notes=found.notes, no_lstm_hint=hint, framework_version=found.version,
+                      producer=None if found.version is None else f"Keras {found.version}",
                       single_layers=[m for m, _ in singles], _cell_override=cell_override)
 
 
