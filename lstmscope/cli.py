@@ -110,7 +110,7 @@ CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 ActivationOpt = Annotated[Optional[str], typer.Option("--activation", help="Keras modules: the cell activation (Keras's name: tanh, relu, ...) instead of the file's; for weights-only files, which carry no config.", show_default=False)]
 RecurrentActivationOpt = Annotated[Optional[str], typer.Option("--recurrent-activation", help="Keras modules: the gate activation (sigmoid, hard_sigmoid, ...) instead of the file's or the default taken from keras_version.", show_default=False)]
-LayoutOpt = Annotated[Optional[str], typer.Option("--layout", help="How the snapshot stores h and c: torch (h_n, c_n: (layers*directions, batch, hidden)) or keras (per layer <layer>/h, <layer>/c: (batch, units)). Default: the module's framework.", show_default=False)]
+LayoutOpt = Annotated[Optional[str], typer.Option("--layout", help="How the snapshot stores h and c: torch (h_n, c_n: (layers*directions, batch, hidden)), keras (per layer <layer>/h, <layer>/c: (batch, units)) or onnx (the graph's own state inputs, named and shaped as the graph declares them, else <node>/initial_h, <node>/initial_c: (directions, batch, hidden)). Default: the module's framework.", show_default=False)]
 ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="The LSTM to use when the file holds several (see inspect): PyTorch key prefix, Keras layer name, a stack's a+b name, or one layer of a stack.", show_default=False)]
 
 
@@ -251,7 +251,8 @@ def export_state(
 
     PyTorch modules: h_n and c_n in PyTorch's native layout, ready to pass back as (h0, c0). Keras modules:
     per layer what initial_state takes, <layer>/h and <layer>/c (<layer>/h_f, c_f, h_b, c_b for a
-    Bidirectional), each (batch, units). --layout picks the other.
+    Bidirectional), each (batch, units). ONNX modules: the graph's state inputs (initial_h/initial_c as each
+    node takes them), ready to feed to onnxruntime with the next chunk. --layout picks another.
     """
     from lstmscope.fileio import file_sha256
     from lstmscope.runner import RunOptions, export_state as do_export
@@ -287,7 +288,8 @@ def import_state(
     """Convert a foreign state file into an lstmscope v1 snapshot with full metadata.
 
     Reads PyTorch's layout (h_n/c_n or h0/c0) and Keras's (h and c, or h_f, c_f, h_b, c_b, each (batch, units),
-    as np.savez(p, h=h, c=c) writes them); writes the module's own framework's layout unless --layout says.
+    as np.savez(p, h=h, c=c) writes them), and lstmscope snapshots of any layout (torch, keras, onnx); writes
+    the module's own framework's layout unless --layout says.
     """
     from lstmscope.readers import read_checkpoint
     from lstmscope.fileio import check_target, file_sha256, refuse_overwriting_sources
@@ -302,9 +304,11 @@ def import_state(
     batch = state.h_n.shape[1]
     h0, c0 = fit_state(state, mod.display_name, mod.spec, batch)
     kind = check_layout(layout or default_layout(mod.spec), mod.spec)
+    feed = mod.graph.state_feed(batch) if kind == "onnx" else None
     meta = snapshot_metadata(mod.spec, batch_size=batch, dtype=str(h0.dtype), module=mod.prefix,
-                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths, layout=kind)
-    tensors = {**state_tensors(mod.spec, h0, c0, kind), "output": state.output, "lengths": state.lengths}
+                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths, layout=kind,
+                             feed=feed)
+    tensors = {**state_tensors(mod.spec, h0, c0, kind, feed), "output": state.output, "lengths": state.lengths}
     write_snapshot(output, tensors, meta, force=force)
     if json_out:
         from lstmscope.jsonout import dumps
@@ -312,7 +316,7 @@ def import_state(
         sys.stdout.write(dumps({"schema": "lstmscope.import/1", "path": str(output), "sha256": file_sha256(output),
                                 "source": str(file), "source_kind": state.kind, "metadata": meta}) + "\n")
     else:
-        held = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state_tensors(mod.spec, h0, c0, kind).items())
+        held = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state_tensors(mod.spec, h0, c0, kind, feed).items())
         _stdout().print(f"Wrote {output} from {file} ({state.kind}): {held}, module {mod.display_name}")
 
 

@@ -110,6 +110,7 @@ def run_document(outcome) -> dict:
             "output": view.output_shape(outcome.output_width),
             "h_n": list(result.h_n.shape),
             "c_n": list(result.c_n.shape),
+            **({"onnx": onnx_shapes(view, with_y=True)} if view.onnx else {}),
         },
         "initial_state": None if outcome.initial_state_path is None else
         {"path": outcome.initial_state_path, "sha256": outcome.initial_state_sha256},
@@ -118,6 +119,22 @@ def run_document(outcome) -> dict:
         "warnings": outcome.warnings,
         "ok": view.all_ok,
     }
+
+
+def onnx_shapes(view: StateView, *, with_y: bool) -> dict:
+    """ONNX modules: what each node returns, in ONNX's terms: Y [T, D, B, H], Y_h and Y_c [D, B, H] (layout 0),
+    or batch-first (layout 1)."""
+    spec = view.spec
+    t, d, b, h = view.time, spec.num_directions, view.batch, spec.output_size
+    lay1 = view.graph_layout == 1
+    nodes = []
+    for layer in range(spec.num_layers):
+        st = [b, d, h] if lay1 else [d, b, h]
+        row = {"name": view.layer_name(layer), "layer": layer, "Y_h": st, "Y_c": st}
+        if with_y:
+            row["Y"] = [b, t, d, h] if lay1 else [t, d, b, h]
+        nodes.append(row)
+    return {"layout": view.graph_layout, "nodes": nodes}
 
 
 def nonfinite_fields(outcome) -> dict:

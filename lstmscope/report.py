@@ -76,6 +76,7 @@ class StateView:
     checks: list[Check] = field(default_factory=list)
     values: list[ValueRow] = field(default_factory=list)
     value_batch: int | None = None
+    graph_layout: int = 0  # ONNX modules: the nodes' layout attribute (0: Y [T, D, B, H]; 1: Y [B, T, D, H])
 
     @property
     def batch(self) -> int:
@@ -96,7 +97,12 @@ class StateView:
         """Where h_n[layer, direction] lives in that layer's output, as an indexing expression in the
         input's layout: ``output[b, len[b]-1, 0:H]`` forward, ``output[b, 0, H:2H]`` backward.
         With ``b`` given, for that one sequence. For a Keras layer below the last, whose own y is meant,
-        the expression is prefixed with the layer's name (``encoder: y[b, 9, 0:6]``)."""
+        the expression is prefixed with the layer's name (``encoder: y[b, 9, 0:6]``). ONNX modules: in ONNX's
+        terms, ``Y[len[b]-1, 0, b, :]`` (forward), ``Y[0, 1, b, :]`` (a bidirectional node's backward half),
+        ``Y[0, 0, b, :]`` (a reverse node), batch-first with layout 1, prefixed with the node's name below the
+        last."""
+        if self.onnx:
+            return self._onnx_position(direction, b, units, layer)
         p = self.spec.output_size
         d = DIRECTIONS.index(direction)
         lo, hi = units or (0, p)
@@ -117,23 +123,50 @@ class StateView:
             return f"{name}[{t}, {bs}, {cols}]"
         return f"{name}[{bs}, {t}, {cols}]"
 
+    def _onnx_position(self, direction: str, b: int | None, units: tuple[int, int] | None, layer: int | None) -> str:
+        d = DIRECTIONS.index(direction)
+        reads_backward = d == 1 or self.spec.go_backwards  # in Y's input order, its last step is Y[0]
+        if reads_backward:
+            t = "0"
+        elif b is not None:
+            t = str(int(self.last_steps[b]))
+        elif len(set(self.last_steps.tolist())) == 1:
+            t = str(int(self.last_steps[0]))
+        else:
+            t = "len[b]-1"
+        bs = "0" if self.layout == "single" else "b" if b is None else str(b)
+        cols = ":" if units is None or tuple(units) == (0, self.spec.output_size) else f"{units[0]}:{units[1]}"
+        idx = f"{bs}, {t}, {d}, {cols}" if self.graph_layout == 1 else f"{t}, {d}, {bs}, {cols}"
+        name = "Y"
+        if layer is not None and layer != self.spec.num_layers - 1:
+            name = f"{self.layer_name(layer)}: Y"
+        return f"{name}[{idx}]"
+
     @property
     def keras(self) -> bool:
         return self.spec.framework == "keras"
 
     @property
+    def onnx(self) -> bool:
+        return self.spec.framework == "onnx"
+
+    @property
     def output_name(self) -> str:
-        """What the framework calls the output sequence: ``output`` (PyTorch), ``y`` (Keras)."""
-        return "y" if self.keras else "output"
+        """What the framework calls the output sequence: ``output`` (PyTorch), ``y`` (Keras), ``Y`` (ONNX)."""
+        return "y" if self.keras else "Y" if self.onnx else "output"
 
     def layer_name(self, layer: int) -> str:
-        """A layer as the framework names it: its index (PyTorch), its layer name (Keras)."""
+        """A layer as the framework names it: its index (PyTorch), its layer name (Keras), its node (ONNX)."""
         names = self.spec.names
         return names[layer] if layer < len(names) else str(layer)
 
     def state_label(self, row: "StateRow", which: str = "h") -> str:
         """How the framework names one slice: ``h_n[3]`` (PyTorch), ``lstm_1 h`` or ``bidirectional h_b`` (Keras,
-        in the order ``layer(x, return_state=True)`` returns them)."""
+        in the order ``layer(x, return_state=True)`` returns them), ``LSTM_1 Y_h[1]`` (ONNX: the node's Y_h, by
+        direction)."""
+        if self.onnx:
+            d = DIRECTIONS.index(row.direction)
+            return f"{self.layer_name(row.layer)} Y_{which}[{d}]"
         if not self.keras:
             return f"{which}_n[{row.index}]"
         suffix = ("_f" if row.direction == "forward" else "_b") if self.spec.bidirectional else ""
@@ -216,8 +249,11 @@ def build_view(
             out = layer_outputs.get(layer)
             if out is None:
                 continue
-            t = view.last_steps if di == 0 else np.zeros(batch, dtype=np.int64)
-            at = (out.at_last if di == 0 else out.at_first)[:, di * p:(di + 1) * p]  # (batch, out)
+            # the forward direction ends at each sequence's last step, the backward one at step 0; so does an ONNX
+            # reverse node, whose Y is in input order (a Keras go_backwards layer's y is in processing order)
+            at_first = di == 1 or (spec.framework == "onnx" and spec.go_backwards)
+            t = np.zeros(batch, dtype=np.int64) if at_first else view.last_steps
+            at = (out.at_first if at_first else out.at_last)[:, di * p:(di + 1) * p]  # (batch, out)
             diff = max_abs_diff(h_n[idx], at)
             view.checks.append(Check(layer, direction, [int(v) for v in t], (di * p, (di + 1) * p), diff, diff <= tolerance))
     if batch_index is not None or units is not None:
@@ -236,7 +272,8 @@ def build_view(
             cv = [float(c_n[row.index, b, u]) for u in us]
             ov = pos = None
             if out is not None:
-                row_at = out.at_last[b] if di == 0 else out.at_first[b]
+                at_first = di == 1 or (spec.framework == "onnx" and spec.go_backwards)
+                row_at = out.at_first[b] if at_first else out.at_last[b]
                 ov = [float(row_at[di * p + u]) if u < p else None for u in us]
                 pos = view.output_position(row.direction, b, units=(lo, min(hi, p)) if lo < p else (0, 0),
                                            layer=row.layer)

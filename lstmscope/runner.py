@@ -189,11 +189,17 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
         r = engine.run_lstm(spec, params, data, lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers,
                             device=opts.device, h0=h0, c0=c0)
         outs = dict(enumerate(r.layer_outputs)) if r.layer_outputs is not None else {spec.num_layers - 1: r.output}
-        result = RunResult(r.h_n, r.c_n, r.dtype, outs, r.output)
+        output = r.output
+        if backwards and spec.framework == "onnx":  # ONNX's Y is in input order: Y[t] = output[len-1-t]
+            from lstmscope.sequences import reverse_steps
+
+            outs = {k: reverse_steps(v, seqs.lengths) for k, v in outs.items()}
+            output = outs[spec.num_layers - 1]
+        result = RunResult(r.h_n, r.c_n, r.dtype, outs, output)
         if sink_for is not None:
             sink = sink_for(ck, module, seqs, r.dtype, state_sha)
             if sink is not None:
-                sink(0, r.output)
+                sink(0, output)
     else:
         from lstmscope.engine.streaming import stream_lstm
 
@@ -217,7 +223,10 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
                         lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers, h0=h0, c0=c0,
                         device=opts.device, sink=sink, progress=progress, tmp_dir=opts.tmp_dir)
         nonfinite = counted[1]
-        result = RunResult(r.h_n, r.c_n, r.dtype, dict(r.layer_ends))
+        ends = dict(r.layer_ends)
+        if backwards and spec.framework == "onnx":  # in ONNX's input order, processing's last step is Y[0]
+            ends = {k: LayerEnds(at_last=e.at_first, at_first=e.at_last) for k, e in ends.items()}
+        result = RunResult(r.h_n, r.c_n, r.dtype, ends)
     view = build_view(
         spec,
         result.h_n,
@@ -229,6 +238,8 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
         batch_index=opts.batch_index,
         units=opts.units,
     )
+    if module.graph is not None:
+        view.graph_layout = module.graph.layout
     return RunOutcome(ck, module, seqs, result, view, state_sha,
                       None if opts.initial_state is None else str(opts.initial_state), notes, chunk, threads, nonfinite,
                       engine.engine_name(spec))
@@ -239,16 +250,17 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     """Run, then write a v1 snapshot of the final states (and, with ``include_output``, the output,
     written chunk by chunk as a streamed run makes it). ``layout``: "torch" (h_n, c_n) or "keras" (per layer
     ``[h, c]`` as ``initial_state`` takes them); None: the module's framework's. Returns (outcome, written
-    path, metadata)."""
+    path, metadata). "onnx" (ONNX modules' default): the graph's own state feeds, named and shaped as
+    the graph declares them where the nodes take their initial state from graph inputs (see
+    lstmscope.readers.onnx.feeds), else ``{node}/initial_h``/``{node}/initial_c`` (D, batch, hidden).
+    An ONNX reverse node's output is written in input order, as ONNX's Y is."""
     from lstmscope.fileio import check_target, refuse_overwriting_sources
-    from lstmscope.snapshot import (SnapshotWriter, check_layout, default_layout, snapshot_metadata, state_layout,
-                                    state_tensors)
+    from lstmscope.snapshot import (LAYOUTS, SnapshotWriter, check_layout, default_layout, snapshot_metadata,
+                                    state_layout, state_tensors)
 
     out_path = Path(out)
-    if layout is not None and layout not in ("torch", "keras"):
-        from lstmscope.snapshot import LAYOUTS
-
-        raise UsageError(f"--layout {layout}: choose {' or '.join(LAYOUTS)}")
+    if layout is not None and layout not in LAYOUTS:  # refuse before the run, in the module's terms
+        check_layout(layout, read_checkpoint(opts.checkpoint).module(opts.module).spec)
     check_target(out_path, force)  # refuse before spending time on the run
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
     box: dict = {}
@@ -257,12 +269,17 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
         """Open the snapshot before the run, so the output can go straight to its place in the file."""
         spec = module.spec
         kind = check_layout(layout or default_layout(spec), spec)
-        box["layout"], box["spec"] = kind, spec
+        feed = module.graph.state_feed(seqs.batch) if kind == "onnx" else None
+        box["layout"], box["spec"], box["feed"] = kind, spec, feed
         meta = snapshot_metadata(spec, batch_size=seqs.batch, dtype=dtype, module=module.prefix,
                                  checkpoint_sha256=ck.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
-                                 initial_state_sha256=state_sha, layout=kind)
+                                 initial_state_sha256=state_sha, layout=kind, feed=feed)
         np_dtype = "float32" if dtype == "bfloat16" else dtype
-        tensors = state_layout(spec, seqs.batch, np_dtype, kind)
+        tensors = state_layout(spec, seqs.batch, np_dtype, kind, feed)
+        clash = sorted(set(tensors) & {"output", "lengths"})
+        if clash:
+            raise UsageError(f"the graph's state input {clash[0]!r} has the name lstmscope gives its own tensor; "
+                             "pass --layout torch")
         if include_output:
             tensors["output"] = (np_dtype, (seqs.batch, seqs.time, spec.num_directions * spec.output_size))
         if seqs.lengths is not None:
@@ -270,13 +287,19 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
         box["meta"] = meta
         box["writer"] = w = SnapshotWriter(out_path, tensors, meta, force=force)
         w.__enter__()
-        return (lambda start, chunk: w.put_steps("output", start, chunk)) if include_output else None
+        if not include_output:
+            return None
+        if spec.go_backwards and spec.framework == "onnx" and plan_chunks(opts, spec, seqs) is not None:
+            lens = seqs.lengths if seqs.lengths is not None else np.full(seqs.batch, seqs.time, dtype=np.int64)
+            # streamed chunks come in processing order; ONNX's Y is in input order: reversed per sequence
+            return lambda start, chunk: w.put_reversed_steps("output", start, chunk, lens)
+        return lambda start, chunk: w.put_steps("output", start, chunk)
 
     try:
         outcome = execute_run(opts, progress=progress, sink_for=sink_for)
         res, seqs = outcome.result, outcome.sequences
         w = box["writer"]
-        for name, a in state_tensors(box["spec"], res.h_n, res.c_n, box["layout"]).items():
+        for name, a in state_tensors(box["spec"], res.h_n, res.c_n, box["layout"], box["feed"]).items():
             w.put(name, a)
         if seqs.lengths is not None:
             w.put("lengths", seqs.lengths)
@@ -285,6 +308,8 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
             box["writer"].__exit__(type(e), e, e.__traceback__)
         raise
     box["writer"].__exit__(None, None, None)
+    if box["feed"] is not None:
+        outcome.notes += [f"note: {n}" for n in box["feed"]["notes"]]
     return outcome, out_path, box["meta"]
 
 

@@ -34,7 +34,8 @@ METADATA_KEY = "lstmscope.state"
 ARCHITECTURE_FIELDS = ("num_layers", "num_directions", "hidden_size", "proj_size", "input_size", "batch_size")
 PROVENANCE_FIELDS = ("dtype", "module", "checkpoint_sha256", "input_sha256", "lengths_sha256",
                      "initial_state_sha256", "lstmscope_version", "format_version", "layout")
-LAYOUTS = ("torch", "keras")  # how h and c are stored: PyTorch's h_n/c_n, or Keras's per-layer initial_state
+LAYOUTS = ("torch", "keras", "onnx")  # how h and c are stored: PyTorch's h_n/c_n, Keras's per-layer initial_state,
+#                                       or the ONNX graph's own state feeds (see onnx_feed)
 STATE_NAMES = (("h_n", "c_n"), ("h0", "c0"))
 
 
@@ -50,7 +51,7 @@ class StateFile:
     meta: dict[str, Any] | None
     kind: str  # "lstmscope snapshot v1", "safetensors", "npz", "torch"
     extra: dict[str, np.ndarray | DiskArray]  # any other tensors in the file (lazy from safetensors)
-    layout: str = "torch"  # how the file stores h and c: "torch" (h_n, c_n) or "keras" (per layer h, c)
+    layout: str = "torch"  # how the file stores h and c: "torch" (h_n, c_n), "keras" (per layer h, c) or "onnx"
     stored: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every tensor as the file names it, its shape
 
     def tensors(self) -> dict[str, np.ndarray | DiskArray]:
@@ -86,20 +87,28 @@ def keras_state_names(spec: LSTMSpec) -> list[tuple[int, str, str]]:
 
 def default_layout(spec: LSTMSpec) -> str:
     """The layout a module's snapshots take unless asked otherwise: its own framework's."""
-    return "keras" if spec.framework == "keras" else "torch"
+    return spec.framework if spec.framework in ("keras", "onnx") else "torch"
 
 
 def check_layout(layout: str, spec: LSTMSpec) -> str:
-    if layout not in LAYOUTS:
-        raise StateError(f"--layout {layout}: choose {' or '.join(LAYOUTS)}")
+    if layout not in LAYOUTS:  # the onnx layout is offered to ONNX modules only
+        raise StateError(f"--layout {layout}: choose "
+                         + ("torch, keras or onnx" if spec.framework == "onnx" else "torch or keras"))
+    if layout == "onnx" and spec.framework != "onnx":
+        raise StateError("--layout onnx: the ONNX layout is the state feeds of an ONNX graph; this module is not "
+                         "from an ONNX model (choose torch or keras)")
     if layout == "keras" and spec.proj_size:
         raise StateError("--layout keras: a Keras LSTM has no proj_size; this module's h and c differ in width")
     return layout
 
 
-def state_layout(spec: LSTMSpec, batch: int, dtype: str, layout: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The h/c tensors a snapshot of ``spec`` holds in ``layout``: name -> (numpy dtype name, shape)."""
+def state_layout(spec: LSTMSpec, batch: int, dtype: str, layout: str,
+                 feed: dict | None = None) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The h/c tensors a snapshot of ``spec`` holds in ``layout``: name -> (numpy dtype name, shape). The "onnx"
+    layout needs ``feed`` (the module's ``graph.state_feed(batch)``)."""
     ld = spec.num_layers * spec.num_directions
+    if layout == "onnx":
+        return {name: (dtype, tuple(shape)) for name, shape in _need_feed(feed)["tensors"].items()}
     if layout == "torch":
         return {"h_n": (dtype, (ld, batch, spec.output_size)),  # (num_layers * num_directions, batch, out)
                 "c_n": (dtype, (ld, batch, spec.hidden_size))}  # (num_layers * num_directions, batch, hidden)
@@ -110,8 +119,17 @@ def state_layout(spec: LSTMSpec, batch: int, dtype: str, layout: str) -> dict[st
     return out
 
 
-def state_tensors(spec: LSTMSpec, h_n: np.ndarray, c_n: np.ndarray, layout: str) -> dict[str, np.ndarray]:
-    """h_n/c_n (PyTorch layout) as the tensors ``layout`` stores."""
+def state_tensors(spec: LSTMSpec, h_n: np.ndarray, c_n: np.ndarray, layout: str,
+                  feed: dict | None = None) -> dict[str, np.ndarray]:
+    """h_n/c_n (PyTorch layout) as the tensors ``layout`` stores ("onnx": the graph's feeds, ``feed``; parts of a
+    graph input that the module does not read are zeros)."""
+    if layout == "onnx":
+        feed = _need_feed(feed)
+        out = {name: np.zeros(shape, dtype=h_n.dtype) for name, shape in feed["tensors"].items()}
+        for sl in feed["slices"]:
+            src = (h_n if sl["which"] == "h" else c_n)[sl["index"]]  # (batch, width)
+            out[sl["tensor"]].reshape(-1)[_flat(sl, src.shape)] = src
+        return out
     if layout == "torch":
         return {"h_n": h_n, "c_n": c_n}
     out = {}
@@ -120,12 +138,28 @@ def state_tensors(spec: LSTMSpec, h_n: np.ndarray, c_n: np.ndarray, layout: str)
     return out
 
 
+def _need_feed(feed: dict | None) -> dict:
+    if not feed or "tensors" not in feed or "slices" not in feed:
+        raise StateError("the ONNX layout needs the module's state feeds (an ONNX module's graph.state_feed)")
+    return feed
+
+
+def _flat(sl: dict, shape: tuple[int, ...]) -> np.ndarray:
+    """(batch, width) flat indexes of one ONNX feed slice into its tensor: offset + b * stride_b + h * stride_h."""
+    sb, sh = sl["strides"]
+    return sl["offset"] + np.arange(shape[0])[:, None] * sb + np.arange(shape[1])[None, :] * sh
+
+
 def snapshot_metadata(spec: LSTMSpec, *, batch_size: int, dtype: str, module: str, checkpoint_sha256: str | None,
                       input_sha256: str | None, lengths: np.ndarray | None = None,
-                      initial_state_sha256: str | None = None, layout: str = "torch") -> dict[str, Any]:
+                      initial_state_sha256: str | None = None, layout: str = "torch",
+                      feed: dict | None = None) -> dict[str, Any]:
     """The ``lstmscope.state`` entry. ``spec`` is the module's whole configuration (LSTMSpec.to_dict());
-    the flat architecture fields repeat what v1 readers compare."""
+    the flat architecture fields repeat what v1 readers compare. The "onnx" layout keeps ``feed`` (tensor names,
+    shapes and where each (layer, direction) slice lies in them) as ``onnx``, so the file reads back without onnx."""
+    extra = {"onnx": {k: feed[k] for k in ("tensors", "slices", "layout", "nodes")}} if layout == "onnx" else {}
     return {
+        **extra,
         "layout": layout,
         "spec": spec.to_dict(),
         "format_version": FORMAT_VERSION,
@@ -219,6 +253,23 @@ class SnapshotWriter:
         for b in range(batch):
             self.f.seek(self.offsets[name] + ((b * time + start) * width) * itemsize)
             self.f.write(self._bytes(name, chunk[b]))
+
+    def put_reversed_steps(self, name: str, start: int, chunk: np.ndarray, lengths: np.ndarray) -> None:
+        """Steps start.. (``chunk`` (batch, n, width)) written with each sequence's own valid steps reversed:
+        step t < lengths[b] goes to lengths[b] - 1 - t; padding steps stay where they are."""
+        _, (batch, time, width) = self.layout[name]
+        itemsize = np.dtype(self.layout[name][0]).itemsize
+        n = chunk.shape[1]
+        for b in range(batch):
+            k = int(min(max(int(lengths[b]) - start, 0), n))  # valid steps of this sequence in the chunk
+            row = self.offsets[name] + b * time * width * itemsize
+            if k:
+                to = int(lengths[b]) - start - k  # where the reversed valid part begins
+                self.f.seek(row + to * width * itemsize)
+                self.f.write(self._bytes(name, chunk[b, :k][::-1]))
+            if k < n:
+                self.f.seek(row + (start + k) * width * itemsize)
+                self.f.write(self._bytes(name, chunk[b, k:]))
 
 
 def _sniff(path: Path) -> str:
@@ -354,10 +405,43 @@ def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> None:
                          "equal units") from None
 
 
+def _from_onnx_layout(path: Path, arrays: dict, meta: dict) -> None:
+    """Turn an ONNX-layout snapshot's graph feeds into h_n/c_n in place, by the slices its metadata lists."""
+    try:
+        spec = LSTMSpec.from_dict(meta["spec"])
+        feed = _need_feed(meta.get("onnx"))
+        batch = int(meta["batch_size"])
+    except (KeyError, TypeError, ValueError, StateError):
+        raise StateError(f"{path}: an ONNX-layout snapshot needs its module's spec and state feeds in the "
+                         "metadata") from None
+    for name, shape in feed["tensors"].items():
+        if name not in arrays:
+            raise StateError(f"{path} lacks {name}; this ONNX-layout snapshot holds {', '.join(feed['tensors'])}")
+        if tuple(np.shape(arrays[name])) != tuple(shape):
+            raise StateError(f"{path}: {name} has shape {tuple(np.shape(arrays[name]))}; its metadata says {tuple(shape)}")
+    flat = {name: np.asarray(arrays[name]).reshape(-1) for name in feed["tensors"]}
+    ld = spec.num_layers * spec.num_directions
+    dtype = next(iter(flat.values())).dtype
+    h = np.zeros((ld, batch, spec.output_size), dtype=dtype)  # (num_layers * num_directions, batch, out)
+    c = np.zeros((ld, batch, spec.hidden_size), dtype=dtype)  # (num_layers * num_directions, batch, hidden)
+    try:
+        for sl in feed["slices"]:
+            dst = h if sl["which"] == "h" else c
+            dst[sl["index"]] = flat[sl["tensor"]][_flat(sl, dst.shape[1:])]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise StateError(f"{path}: the ONNX state feeds in its metadata do not match its tensors") from None
+    for name in feed["tensors"]:
+        arrays.pop(name)
+    arrays["h_n"], arrays["c_n"] = h, c
+
+
 def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> StateFile:
     stored = {k: tuple(np.shape(v)) for k, v in arrays.items()}
     layout = "torch"
-    if "h_n" not in arrays and "h0" not in arrays:
+    if meta and meta.get("layout") == "onnx":
+        _from_onnx_layout(path, arrays, meta)
+        layout = "onnx"
+    elif "h_n" not in arrays and "h0" not in arrays:
         _from_keras_layout(path, arrays, meta)
         layout = "keras" if "h_n" in arrays else "torch"
     for h_key, c_key in STATE_NAMES:
@@ -475,5 +559,9 @@ def state_view(state: StateFile, *, num_directions: int | None = None, batch_ind
         time = state.output.shape[1]
         last = state.lengths - 1 if state.lengths is not None else np.full(batch, time - 1, dtype=np.int64)
         layer_outputs = {spec.num_layers - 1: state.output}
-    return build_view(spec, state.h_n, state.c_n, last_steps=last, layout="batch_first", time=time,
+    view = build_view(spec, state.h_n, state.c_n, last_steps=last, layout="batch_first", time=time,
                       layer_outputs=layer_outputs, batch_index=batch_index, units=units)
+    onnx = (state.meta or {}).get("onnx")
+    if isinstance(onnx, dict) and onnx.get("layout") in (0, 1):
+        view.graph_layout = onnx["layout"]
+    return view

@@ -114,28 +114,11 @@ def trace_metadata(spec: LSTMSpec, *, dtype: str, module: str, checkpoint_sha256
 
 class TraceWriter(SnapshotWriter):
     """SnapshotWriter's machinery (header fixed first, atomic, deterministic) under the ``lstmscope.trace``
-    metadata key, plus ``put_reversed_steps`` for traces stored in processing order."""
+    metadata key (``put_reversed_steps`` writes blocks stored reversed per sequence)."""
 
     def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
                  meta: dict[str, Any], *, force: bool = False):
         super().__init__(path, layout, meta, force=force, metadata_key=METADATA_KEY)
-
-    def put_reversed_steps(self, name: str, start: int, chunk: np.ndarray, lengths: np.ndarray) -> None:
-        """Steps start.. (``chunk`` (batch, n, width)) written with each sequence's own valid steps reversed:
-        step t < lengths[b] goes to lengths[b] - 1 - t; padding steps stay where they are."""
-        _, (batch, time, width) = self.layout[name]
-        itemsize = np.dtype(self.layout[name][0]).itemsize
-        n = chunk.shape[1]
-        for b in range(batch):
-            k = int(min(max(int(lengths[b]) - start, 0), n))  # valid steps of this sequence in the chunk
-            row = self.offsets[name] + b * time * width * itemsize
-            if k:
-                to = int(lengths[b]) - start - k  # where the reversed valid part begins
-                self.f.seek(row + to * width * itemsize)
-                self.f.write(self._bytes(name, chunk[b, :k][::-1]))
-            if k < n:
-                self.f.seek(row + (start + k) * width * itemsize)
-                self.f.write(self._bytes(name, chunk[b, k:]))
 
 
 def trace_document(path: Path | None, sha256: str | None, size: int | None, meta: dict[str, Any],

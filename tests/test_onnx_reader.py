@@ -120,7 +120,7 @@ def export_states(invoke, path: Path, x_bt: np.ndarray, tmp_path: Path, module: 
         np.save(tmp_path / "len.npy", lengths.astype(np.int64))
         extra += ["--lengths", tmp_path / "len.npy"]
     out = tmp_path / "state.safetensors"
-    r = invoke("export-state", path, x_path, "-o", out, "--force", "--quiet", *extra)
+    r = invoke("export-state", path, x_path, "-o", out, "--force", "--quiet", "--layout", "torch", *extra)
     assert r.exit_code == 0, r.stderr
     run = invoke("run", path, x_path, "--json", *extra)
     assert run.exit_code == 0, run.stderr

@@ -17,7 +17,7 @@ The sink: ``sink(layer, direction, quantity, start, block, flipped)``, block (ba
 ``flipped`` False row s is input time step ``start + s``; with ``flipped`` True the block is in the
 direction's processing order with each sequence's own steps reversed: row s of sequence b is input step
 ``lengths[b] - 1 - (start + s)`` while ``start + s < lengths[b]``, and padding rows stay where they are
-(``tracefile.TraceWriter.put_reversed_steps`` writes such a block in input-time order).
+(``snapshot.SnapshotWriter.put_reversed_steps`` writes such a block in input-time order).
 """
 
 from __future__ import annotations

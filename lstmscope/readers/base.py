@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class LSTMModule:
     source: Mapping[str, str] = field(default_factory=dict)  # canonical parameter name -> where the file keeps it
     notes: tuple[str, ...] = ()  # one-line facts about the module to show with it (defaults taken, masking)
     return_sequences: tuple[bool, ...] = ()  # Keras: per layer, whether the layer returns every step
+    # ONNX: the nodes' graph facts (lstmscope.readers.onnx.ModuleGraph: .layout, .state_feed(batch)); else None
+    graph: Any = field(default=None, compare=False, repr=False)
 
     @property
     def prefix(self) -> str:

@@ -119,11 +119,65 @@ def render_keras_shapes(console: Console, view: StateView, output_shape: list[in
         console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
 
 
+def _dir(view: StateView, direction: str) -> str:
+    """fwd / bwd, or rev for an ONNX reverse node (run as go_backwards: one direction, read last step first)."""
+    return "rev" if view.onnx and view.spec.go_backwards else DIR_SHORT[direction]
+
+
+def _hc(view: StateView) -> tuple[str, str]:
+    """What the framework calls the final states: h_n/c_n (PyTorch), h/c (Keras), Y_h/Y_c (ONNX)."""
+    return ("h", "c") if view.keras else ("Y_h", "Y_c") if view.onnx else ("h_n", "c_n")
+
+
+def render_onnx_shapes(console: Console, view: StateView, output_shape: list[int] | None) -> None:
+    """Shapes and the state/output relation in ONNX's terms: what each LSTM node returns, Y [T, D, B, H] and
+    Y_h, Y_c [D, B, H] (batch-first with layout 1), Y in input order for every direction."""
+    spec = view.spec
+    d, b, h = spec.num_directions, view.batch, spec.output_size
+    lay1 = view.graph_layout == 1
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
+    table.add_column(style="dim", overflow="fold")
+    many = spec.num_layers > 1
+    for layer in range(spec.num_layers):
+        node = view.layer_name(layer)
+        pre = f"{node} " if many else ""
+        if output_shape is not None:
+            t = view.time
+            y = (["B", "T", "D", "H"], (b, t, d, h)) if lay1 else (["T", "D", "B", "H"], (t, d, b, h))
+            table.add_row(Text(pre + "Y"), _dims(*y), f"{node}, every step, input order")
+        st = (["B", "D", "H"], (b, d, h)) if lay1 else (["D", "B", "H"], (d, b, h))
+        table.add_row(Text(pre + "Y_h"), _dims(*st), f"{node}, after each direction's last step")
+        table.add_row(Text(pre + "Y_c"), _dims(*st), "")
+    console.print(Text("Shapes", style="bold underline"))
+    console.print(Text("each LSTM node returns Y, Y_h, Y_c:", style="dim"))
+    console.print(table)
+    notes = ["Y is in input order for every direction: Y_h[0] == Y[len[b]-1, 0, b, :] (forward)"
+             + (", Y_h[1] == Y[0, 1, b, :] (backward)." if spec.bidirectional else ".")]
+    if spec.go_backwards:
+        notes = ["direction reverse: Y is in input order (unlike Keras's go_backwards), so Y_h == Y[0, 0, b, :], the "
+                 "state after reading x[0]; lstmscope runs the node as go_backwards and reverses its output per "
+                 "sequence (Y[t] = output[len-1-t])."]
+    if len(set(view.last_steps.tolist())) > 1:
+        notes.append("With sequence_lens, Y is zero past each length.")
+    if many:
+        notes.append(f"h_n[l*{d} + d] (lstmscope, PyTorch) is Y_h[d] of node l." if d > 1 else
+                     "h_n[l] (lstmscope, PyTorch) is Y_h[0] of node l.")
+    if lay1:
+        notes.append("layout 1: the graph keeps X, Y, Y_h and Y_c batch-first.")
+    for n in notes:
+        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+
+
 def render_shapes(console: Console, view: StateView, output_shape: list[int] | None,
                   return_sequences: tuple[bool, ...] = ()) -> None:
     spec = view.spec
     if view.keras:
         render_keras_shapes(console, view, output_shape, return_sequences)
+        return
+    if view.onnx:
+        render_onnx_shapes(console, view, output_shape)
         return
     L, D, B = spec.num_layers, spec.num_directions, view.batch
     out_name = "proj" if spec.proj_size else "hidden"
@@ -162,44 +216,46 @@ def render_states(console: Console, view: StateView) -> None:
                           ("mean", "right"), ("std", "right"), ("min", "right"), ("max", "right"), ("norm", "right")):
         table.add_column(name, justify=justify)
     for r in view.rows:
-        labels = (("h", r.h_n), ("c", r.c_n)) if view.keras else (("h_n", r.h_n), ("c_n", r.c_n))
+        hn, cn = _hc(view)
+        labels = ((hn, r.h_n), (cn, r.c_n))
         for j, (label, s) in enumerate(labels):
-            cells = [str(r.layer), DIR_SHORT[r.direction], str(r.index)] if j == 0 else ["", "", ""]
+            cells = [str(r.layer), _dir(view, r.direction), str(r.index)] if j == 0 else ["", "", ""]
             name = Text(label)
             if s.nonfinite:
                 name.append(f" ({s.nonfinite} non-finite)", style=BAD_STYLE)
             table.add_row(*cells, name, _num(s.mean), _num(s.std), _num(s.min), _num(s.max), _num(s.norm),
                           end_section=(j == 1 and r is not view.rows[-1]))
     console.print(table)
-    if view.keras:  # layer names can be long: the table keeps numbers readable with indexes
+    if view.keras or view.onnx:  # layer names can be long: the table keeps numbers readable with indexes
         names = ", ".join(f"{i} = {view.layer_name(i)}" for i in range(view.spec.num_layers))
         console.print(Padding(Text(f"layer {names}", style="dim"), (0, 0, 0, 2)))
 
 
 def render_checks(console: Console, view: StateView, hint: str | None) -> None:
     by_key = {(c.layer, c.direction): c for c in view.checks}
-    title = "Where each h lives in y" if view.keras else "Where each h_n slice lives in output"
+    title = "Where each h lives in y" if view.keras else "Where each Y_h lives in Y" if view.onnx else \
+        "Where each h_n slice lives in output"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold")
-    for name, justify in (("layer", "right"), ("dir", "left"), ("h" if view.keras else "h_n", "left"),
-                          ("y position" if view.keras else "output position", "left"),
+    for name, justify in (("layer", "right"), ("dir", "left"), (_hc(view)[0], "left"),
+                          (f"{view.output_name} position" if view.keras or view.onnx else "output position", "left"),
                           ("max |diff|", "right"), ("check", "left")):
-        table.add_column(name, justify=justify, overflow="fold", no_wrap=(name == "output position"))
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=(name in ("output position", "Y position")))
     for r in view.rows:
         c = by_key.get((r.layer, r.direction))
         sl = Text(view.state_label(r, "h"))
         layer = str(r.layer)
         if c is None:
-            table.add_row(layer, DIR_SHORT[r.direction], sl, Text(f"not in {view.output_name}", style="dim"),
+            table.add_row(layer, _dir(view, r.direction), sl, Text(f"not in {view.output_name}", style="dim"),
                           Text("-", style="dim"), Text("-", style="dim"))
             continue
         mark = Text("ok", style=OK_STYLE) if c.ok else Text("MISMATCH", style=BAD_STYLE)
-        table.add_row(layer, DIR_SHORT[r.direction], sl, Text(view.output_position(r.direction, layer=r.layer)), _num(c.max_abs_diff, ".1e"), mark)
+        table.add_row(layer, _dir(view, r.direction), sl, Text(view.output_position(r.direction, layer=r.layer)), _num(c.max_abs_diff, ".1e"), mark)
     console.print(table)
     notes = []
     if view.checks and len(set(view.last_steps.tolist())) > 1:
         notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
     if len(view.checks) < len(view.rows) and hint:
-        notes.append(hint.replace("output holds", "y holds") if view.keras else hint)
+        notes.append(hint.replace("output holds", f"{view.output_name} holds") if view.keras or view.onnx else hint)
     for n in notes:
         console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
 
@@ -209,14 +265,14 @@ def render_values(console: Console, view: StateView) -> None:
         return
     b = view.value_batch
     for v in view.values:
-        layer = view.layer_name(v.layer) if view.keras else v.layer
+        layer = view.layer_name(v.layer) if view.keras or view.onnx else v.layer
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left",
                       title=Text(f"layer {layer} {v.direction}, batch {b}", style="bold"))
         table.add_column("unit", justify="right")
-        table.add_column(Text("h" if view.keras else "h_n"), justify="right")
+        table.add_column(Text(_hc(view)[0]), justify="right")
         if v.output is not None:
             table.add_column(Text(v.output_position or view.output_name), justify="right")
-        table.add_column(Text("c" if view.keras else "c_n"), justify="right")
+        table.add_column(Text(_hc(view)[1]), justify="right")
         for k, u in enumerate(v.units):
             cells = [str(u), _num(v.h_n[k], ".7g")]
             if v.output is not None:
@@ -232,7 +288,8 @@ def render_verdict(console: Console, view: StateView) -> None:
     bad = [c for c in view.checks if not c.ok]
     if not bad:
         n = len(view.checks)
-        what = "every checked h equals its place in y" if view.keras else "every checked h_n slice equals its place in output"
+        what = "every checked h equals its place in y" if view.keras else "every checked Y_h equals its place in Y" \
+            if view.onnx else "every checked h_n slice equals its place in output"
         console.print(Text(f"All {n} checks ok" if n > 1 else "1 check ok", style=OK_STYLE),
                       Text(f"(max |diff| <= 1e-6): {what}."))
     else:
@@ -300,16 +357,16 @@ def render_export(console: Console, outcome, path, meta: dict, size: int) -> Non
     """The short summary ``export-state`` prints: norms per layer/direction and where the file went."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold",
                   title=f"Snapshot of module {outcome.module.display_name}")
-    keras = outcome.view.keras
-    for name in ("layer", "dir", "i", "norm h" if keras else "norm h_n", "norm c" if keras else "norm c_n"):
+    hn, cn = _hc(outcome.view)
+    for name in ("layer", "dir", "i", f"norm {hn}", f"norm {cn}"):
         table.add_column(name, justify="left" if name == "dir" else "right")
     for r in outcome.view.rows:
-        table.add_row(str(r.layer), DIR_SHORT[r.direction], str(r.index), _num(r.h_n.norm), _num(r.c_n.norm))
+        table.add_row(str(r.layer), _dir(outcome.view, r.direction), str(r.index), _num(r.h_n.norm), _num(r.c_n.norm))
     console.print(table)
     from lstmscope.snapshot import state_layout
 
     spec = outcome.module.spec
-    held = state_layout(spec, outcome.sequences.batch, "float32", meta.get("layout", "torch"))
+    held = state_layout(spec, outcome.sequences.batch, "float32", meta.get("layout", "torch"), meta.get("onnx"))
     listed = ", ".join(f"{k} {shape}" for k, (_, shape) in held.items()) if len(held) <= 4 else \
         f"{len(held)} tensors ({', '.join(list(held)[:2])}, ...), each {next(iter(held.values()))[1]}"
     console.print(Text.assemble(("Wrote ", "bold"), str(path), f"  ({size:,} bytes; {listed})"))
@@ -324,7 +381,7 @@ def render_state(console: Console, state, view: StateView) -> None:
     grid.add_row("State", Text.assemble(str(state.path), (f"  ({state.kind})", "dim")))
     m = state.meta or {}
     if m:
-        if view.keras:  # the module's spec is in the metadata: say it as inspect does, in Keras's terms
+        if view.keras or view.onnx:  # the module's spec is in the metadata: say it as inspect does, in its terms
             spec_line = f"{describe_spec(view.spec)}; batch {m['batch_size']}, ran in {m['dtype']}"
         else:
             spec_line = (f"{m['num_layers']} layer{'s' if m['num_layers'] != 1 else ''} x {m['num_directions']} "

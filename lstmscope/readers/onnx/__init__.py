@@ -25,6 +25,7 @@ model's own folder, with every size checked first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from lstmscope.errors import CheckpointError, clean_message
 from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.onnx import graph as _graph
+from lstmscope.readers.onnx.feeds import state_feed
 from lstmscope.readers.onnx.nodes import Node, canonical, chain_to, read_node, sources
 from lstmscope.readers.onnx.proto import _Refused, check_tensor, load_model
 from lstmscope.sniff import ONNX
@@ -107,7 +109,7 @@ def _read(path: Path) -> Checkpoint:
                               "(onnx.version_converter.convert_version)")
     for g, proto in lstm_protos:
         nodes.append(read_node(g, proto, base_dir, opsets))
-    modules, singles, by_name = _modules(nodes, opsets)
+    modules, singles, by_name = _modules(nodes, opsets, base_dir)
     hint = _hint(others, ops)
 
     def parameters(module: LSTMModule) -> dict[str, np.ndarray]:
@@ -137,7 +139,25 @@ def _hint(others: list[str], ops: dict[str, int]) -> str:
     return f"no LSTM node among its {sum(ops.values())} nodes (ops: {', '.join(common) or 'none'})"
 
 
-def _modules(nodes: list[Node], opsets: list) -> tuple[list[LSTMModule], list[LSTMModule], dict[str, list[Node]]]:
+@dataclass(frozen=True)
+class ModuleGraph:
+    """What a module's nodes are in the graph, beyond LSTMSpec: ONNX's ``layout`` of X/Y/Y_h/Y_c (0: time-major
+    ``Y [T, D, B, H]``; 1: batch-major ``Y [B, T, D, H]``) and where the nodes' initial states come from."""
+
+    chain: tuple = field(repr=False)
+    opsets: tuple = field(repr=False)
+    base_dir: Path = field(repr=False)
+
+    @property
+    def layout(self) -> int:
+        return self.chain[0].layout
+
+    def state_feed(self, batch: int) -> dict:
+        """The graph's state feeds for ``batch`` sequences (lstmscope.readers.onnx.feeds)."""
+        return _guarded(self.base_dir, lambda: state_feed(list(self.chain), batch, list(self.opsets), self.base_dir))
+
+
+def _modules(nodes: list[Node], opsets: list, base_dir: Path) -> tuple[list[LSTMModule], list[LSTMModule], dict[str, list[Node]]]:
     """Chains of nodes stacked as the PyTorch exporter stacks nn.LSTM layers become one module each."""
     nxt: dict[int, Node] = {}
     has_prev: set[int] = set()
@@ -158,18 +178,18 @@ def _modules(nodes: list[Node], opsets: list) -> tuple[list[LSTMModule], list[LS
         chain = [head]
         while id(chain[-1]) in nxt and len(chain) <= len(nodes):
             chain.append(nxt[id(chain[-1])])
-        m = _module("+".join(n.name for n in chain), chain)
+        m = _module("+".join(n.name for n in chain), chain, opsets, base_dir)
         modules.append(m)
         by_name[m.name] = chain
         if len(chain) > 1:
             for n in chain:
-                s = _module(n.name, [n])
+                s = _module(n.name, [n], opsets, base_dir)
                 singles.append(s)
                 by_name[s.name] = [n]
     return modules, singles, by_name
 
 
-def _module(name: str, chain: list[Node]) -> LSTMModule:
+def _module(name: str, chain: list[Node], opsets: list, base_dir: Path) -> LSTMModule:
     head = chain[0]
     gate, cell, hidden = head.acts
     spec = LSTMSpec(input_size=head.input_size, hidden_size=head.hidden, proj_size=0, num_layers=len(chain),
@@ -186,5 +206,6 @@ def _module(name: str, chain: list[Node]) -> LSTMModule:
         notes += [prefix + n for n in node.notes if prefix + n not in notes]
         if node.refusal and not any(n.endswith("run refused") for n in node.notes):
             notes.append(f"{prefix}run refused: {node.refusal}")
-    return LSTMModule(name=name, spec=spec, source=source, notes=tuple(dict.fromkeys(notes)))
+    return LSTMModule(name=name, spec=spec, source=source, notes=tuple(dict.fromkeys(notes)),
+                      graph=ModuleGraph(tuple(chain), tuple(opsets), base_dir))
 
