@@ -809,6 +809,53 @@ def _make_pair_fallback(directory: Path, nbytes: int):
     return paths
 
 
+def fig_compare_vs_runs(ctx: Ctx) -> list[Row]:
+    """``compare A B INPUT --json`` against ``run A --json`` + ``run B --json``: A the big model's .pt, B its ONNX
+    export (a copy of the .pt when the onnx package is absent)."""
+    d = ctx.workdir("compare_vs_runs")
+    cfg = BIG
+    steps = 50 if ctx.quick else cfg.time
+    ckpt, inp = d / "lstm.pt", d / "x.npy"
+    save_lstm(ckpt, cfg)
+    save_input(inp, cfg.batch, steps, cfg.input_size)
+    other = d / "lstm.onnx"
+    try:
+        import importlib.util
+        import warnings
+
+        if importlib.util.find_spec("onnx") is None:
+            raise ImportError("onnx")
+        import torch
+
+        lstm = torch.nn.LSTM(cfg.input_size, cfg.hidden_size, num_layers=cfg.num_layers,
+                             bidirectional=cfg.bidirectional, batch_first=True)
+        lstm.load_state_dict(torch.load(ckpt, weights_only=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(lstm, (torch.zeros(1, 2, cfg.input_size),), str(other), dynamo=False,
+                              input_names=["x"], output_names=["y", "h", "c"], opset_version=14)
+        what_b = "its ONNX export (torch.onnx.export)"
+    except ImportError:
+        other = d / "copy.pt"
+        shutil.copyfile(ckpt, other)
+        what_b = "a copy of the .pt (the onnx package is not installed)"
+    ls = lstmscope_cmd()
+
+    def two_runs() -> float:
+        return measure([*ls, "run", str(ckpt), str(inp), "--json"]).wall + \
+            measure([*ls, "run", str(other), str(inp), "--json"]).wall
+
+    got = interleave({"compare": lambda: measure([*ls, "compare", str(ckpt), str(other), str(inp), "--json"]).wall,
+                      "runs": two_runs}, ctx.rounds(5), ctx.warmup)
+    ctx.note("compare_vs_runs", f"the run_vs_bare model (I={cfg.input_size} H={cfg.hidden_size} {cfg.num_layers} layers "
+                                f"bidirectional, B={cfg.batch} T={steps}): A its .pt, B {what_b}; both sides "
+                                "at lstmscope's default threads. compare reads, runs and diffs both in one process; "
+                                "the two runs start two processes (two torch imports) and diff nothing.")
+    return [Row("compare_vs_runs", "`lstmscope compare A B INPUT --json` / `run A --json` + `run B --json`",
+                fmt_s(statistics.median(got["compare"])), fmt_s(statistics.median(got["runs"])),
+                median_ratio(got["compare"], got["runs"]), ("<=", 1.0))]
+
+
 FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "diff_small": fig_diff_small,
     "help": fig_help,
@@ -824,6 +871,7 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "trace_rss": fig_trace_rss,
     "throughput": fig_throughput,
     "diff_big": fig_diff_big,
+    "compare_vs_runs": fig_compare_vs_runs,
 }
 
 

@@ -354,6 +354,69 @@ def diff_states(
         raise typer.Exit(1)
 
 
+@app.command("compare")
+@guarded
+def compare(
+    paths: Annotated[list[Path], typer.Argument(metavar="A [B] INPUT", help="Checkpoint A, optionally checkpoint B (the reference; any format, same architecture), and the input sequences (.npy/.npz). Without B, side B is A again in the settings --b-* give.", show_default=False)],
+    module_a: Annotated[Optional[str], typer.Option("--module-a", help="A's LSTM when its file holds several (see inspect).", show_default=False)] = None,
+    module_b: Annotated[Optional[str], typer.Option("--module-b", help="B's LSTM. Default: the one at A's place in its file with A's shape, or the only one with A's shape.", show_default=False)] = None,
+    key: KeyOpt = None,
+    lengths: LengthsOpt = None,
+    time_major: TimeMajorOpt = False,
+    dtype: DtypeOpt = None,
+    all_layers: Annotated[bool, typer.Option("--all-layers", help="Also compare every layer's output, not only the last layer's.")] = False,
+    initial_state: InitialStateOpt = None,
+    broadcast_state: BroadcastOpt = False,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    activation: ActivationOpt = None,
+    recurrent_activation: RecurrentActivationOpt = None,
+    b_dtype: Annotated[Optional[str], typer.Option("--b-dtype", help="Side B runs in this dtype (float32, float64, float16, bfloat16).", show_default=False)] = None,
+    b_device: Annotated[Optional[str], typer.Option("--b-device", help="Side B runs on this device (cpu, cuda, cuda:N).", show_default=False)] = None,
+    b_engine: Annotated[Optional[str], typer.Option("--b-engine", help="Side B's engine: stepwise (the per-step cell) or fused (nn.LSTM's kernel, standard cells only).", show_default=False)] = None,
+    b_runtime: Annotated[Optional[str], typer.Option("--b-runtime", help="onnxruntime: side B runs the ONNX file's LSTM nodes in onnxruntime, each alone with its weights (needs lstmscope[onnx]).", show_default=False)] = None,
+    per_step: Annotated[bool, typer.Option("--per-step", help="Also compare h and c at every step: the first step where the sides part beyond tolerance and the max |diff| per step.")] = False,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance (times |b|).")] = 1.3e-6,
+    equal_nan: Annotated[bool, typer.Option("--equal-nan", help="NaN on both sides at the same place counts as equal.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; only set the exit code (0 same, 1 different, 2 bad input).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run one input through two sides and diff their h_n / c_n per layer and direction, and the output.
+    Exit 0 same within tolerance, 1 different or not comparable, 2 bad input.
+
+    Two checkpoints (A B INPUT: model.pt against model.onnx, a Keras file against its PyTorch port), or one
+    checkpoint in two settings (A INPUT with --b-dtype, --b-device, --b-engine), or an ONNX file against
+    onnxruntime (--b-runtime onnxruntime). The run options apply to both sides; --b-* change side B only.
+    B is the reference: an element passes when |a - b| <= atol + rtol * |b| (diff-states' rule).
+    """
+    if len(paths) not in (2, 3):
+        raise fail(f"compare takes A INPUT or A B INPUT (2 or 3 paths), got {len(paths)}: "
+                   "lstmscope compare MODEL.pt MODEL.onnx X.npy, or lstmscope compare MODEL.pt X.npy --b-dtype float64")
+    from lstmscope.comparerun import CompareOptions, compare_run
+
+    a, b, inp = (paths[0], None, paths[1]) if len(paths) == 2 else paths
+    res = compare_run(CompareOptions(
+        a=a, b=b, input=inp, module_a=module_a, module_b=module_b, key=key, lengths=lengths, time_major=time_major,
+        dtype=dtype, device=device, threads=threads, initial_state=initial_state, broadcast_state=broadcast_state,
+        activation=activation, recurrent_activation=recurrent_activation, all_layers=all_layers, per_step=per_step,
+        b_dtype=b_dtype, b_device=b_device, b_engine=b_engine, b_runtime=b_runtime, atol=atol, rtol=rtol,
+        equal_nan=equal_nan))
+    for note in res.notes:
+        sys.stderr.write(note + "\n")
+    if not quiet:
+        if json_out:
+            from lstmscope.jsonout import compare_document, dumps
+
+            sys.stdout.write(dumps(compare_document(res)) + "\n")
+        else:
+            from lstmscope.render.compare import render_compare
+
+            render_compare(_stdout(), res)
+    if not res.equal:
+        raise typer.Exit(1)
+
+
 @app.command("show-state")
 @guarded
 def show_state(

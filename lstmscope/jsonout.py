@@ -209,3 +209,25 @@ def _diff_row(r, trace: bool) -> dict:
                     "per_step_max_abs_diff": None if steps is None else
                     [v if math.isfinite(v) else None for v in steps.tolist()]})  # one pass, not jsonable's recursion
     return row
+
+
+COMPARE_SCHEMA = "lstmscope.compare/1"
+
+
+def compare_document(res) -> dict:
+    """``lstmscope.compare/1`` for a :class:`lstmscope.comparerun.CompareResult`: what each side was, the input,
+    diff_document's fields for the final states and outputs (``rows``, ``equal``, ``comparable``,
+    ``metadata_differences``: shape fields that differ under ``architecture``, cell fields under ``provenance``),
+    and with --per-step ``per_step``: diff_document's trace rows (h and c per layer and direction, each with
+    ``first_step_over_tolerance`` and ``per_step_max_abs_diff``) and the first step over tolerance of any row.
+    ``equal`` is the whole verdict (states, outputs and steps)."""
+    doc = diff_document(res.diff)
+    doc.pop("schema")
+    doc.pop("kind")
+    steps = None
+    if res.steps is not None:
+        s = diff_document(res.steps)
+        firsts = [r.first_step_over for r in res.steps.rows if r.first_step_over is not None]
+        steps = {"equal": s["equal"], "first_step_over_tolerance": min(firsts) if firsts else None, "rows": s["rows"]}
+    return {"schema": COMPARE_SCHEMA, "sides": {"a": res.a.to_dict(), "b": res.b.to_dict()}, "input": res.input or None,
+            **doc, "equal": res.equal, "states_equal": res.diff.equal, "per_step": steps}

@@ -1,0 +1,56 @@
+"""Rich rendering of ``compare``: what sides A and B were, then diff-states' table (and, with --per-step,
+the per-step table and profile of a trace diff). Takes a Console and a finished CompareResult."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+
+from lstmscope.render import BAD_STYLE, OK_STYLE, render_diff
+
+
+def _side(console: Console, label: str, side, reference: bool) -> None:
+    line = Text.assemble((f"{label}{' (reference)' if reference else ''}: ", "bold"), side.path,
+                         f"  module {side.module or '(top level)'}, {side.format}")
+    console.print(line)
+    how = "onnxruntime, each LSTM node alone" if side.runtime == "onnxruntime" else f"lstmscope, {side.engine} engine"
+    console.print(Text(f"    {how}, {side.dtype}, {side.device}", style="dim"))
+
+
+def _short(side) -> str:
+    from pathlib import Path
+
+    return Path(side.path).name + (" in onnxruntime" if side.runtime == "onnxruntime" else "")
+
+
+def render_compare(console: Console, res) -> None:
+    _side(console, "A", res.a, False)
+    _side(console, "B", res.b, True)
+    if res.input:
+        i = res.input
+        lens = "" if i["lengths"] is None else ", lengths " + ",".join(str(v) for v in i["lengths"][:8]) + \
+            ("..." if len(i["lengths"]) > 8 else "")
+        console.print(Text(f"input {i['path']}: {i['batch']} x {i['time']:,} steps x {i['features']} features{lens}",
+                           style="dim"))
+    diff = res.diff
+    a, b = diff.a, diff.b
+    diff.a, diff.b = _short(res.a), _short(res.b)  # render_diff's header line; the sides are described above
+    try:
+        render_diff(console, diff)
+    finally:
+        diff.a, diff.b = a, b
+    if not diff.comparable:
+        console.print(Text("The two modules have different shapes: nothing was run.", style=BAD_STYLE))
+    if res.steps is not None:
+        from lstmscope.render.trace import render_trace_diff
+
+        console.print()
+        console.print(Text("Per step (h and c of every layer and direction)", style="bold"))
+        render_trace_diff(console, res.steps)
+    if res.steps is not None and diff.comparable:
+        if res.equal:
+            console.print(Text("Same within tolerance.", style=OK_STYLE))
+        else:
+            where = [w for w, ok in (("final states or outputs", res.diff.equal),
+                                     ("steps", res.steps is None or res.steps.equal)) if not ok]
+            console.print(Text(f"The sides differ ({' and '.join(where)}).", style=BAD_STYLE))
