@@ -107,14 +107,7 @@ class StateView:
         d = DIRECTIONS.index(direction)
         lo, hi = units or (0, p)
         cols = f"{d * p + lo}:{d * p + hi}"
-        if direction == "backward":
-            t = "0"
-        elif b is not None:
-            t = str(int(self.last_steps[b]))
-        elif len(set(self.last_steps.tolist())) == 1:
-            t = str(int(self.last_steps[0]))
-        else:
-            t = "len[b]-1"
+        t = self._last_step(direction == "backward", b)
         bs = "0" if self.layout == "single" else "b" if b is None else str(b)
         name = self.output_name
         if self.keras and layer is not None and layer != self.spec.num_layers - 1:
@@ -123,17 +116,20 @@ class StateView:
             return f"{name}[{t}, {bs}, {cols}]"
         return f"{name}[{bs}, {t}, {cols}]"
 
+    def _last_step(self, backward: bool, b: int | None) -> str:
+        """The output step where a direction's final state sits: 0 for one that reads backward, else each
+        sequence's last step (a number when it is the same for all, ``len[b]-1`` when it is not)."""
+        if backward:
+            return "0"
+        if b is not None:
+            return str(int(self.last_steps[b]))
+        if len(set(self.last_steps.tolist())) == 1:
+            return str(int(self.last_steps[0]))
+        return "len[b]-1"
+
     def _onnx_position(self, direction: str, b: int | None, units: tuple[int, int] | None, layer: int | None) -> str:
         d = DIRECTIONS.index(direction)
-        reads_backward = d == 1 or self.spec.go_backwards  # in Y's input order, its last step is Y[0]
-        if reads_backward:
-            t = "0"
-        elif b is not None:
-            t = str(int(self.last_steps[b]))
-        elif len(set(self.last_steps.tolist())) == 1:
-            t = str(int(self.last_steps[0]))
-        else:
-            t = "len[b]-1"
+        t = self._last_step(d == 1 or self.spec.go_backwards, b)  # in Y's input order, a backward reader ends at Y[0]
         bs = "0" if self.layout == "single" else "b" if b is None else str(b)
         cols = ":" if units is None or tuple(units) == (0, self.spec.output_size) else f"{units[0]}:{units[1]}"
         idx = f"{bs}, {t}, {d}, {cols}" if self.graph_layout == 1 else f"{t}, {d}, {bs}, {cols}"
