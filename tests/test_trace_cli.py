@@ -466,3 +466,34 @@ def test_show_state_on_a_trace_shows_it_again(tmp_path, invoke):
     assert_error_no_file(r, tmp_path / "s.npz", "--heatmap is for traces")
     r = invoke("show-state", out, "--units", "0:99", "--heatmap", "h")
     assert_error_no_file(r, out, "--units 0:99")
+
+
+def test_onnx_peephole_clip_node_traces_like_onnxruntime(tmp_path, invoke):
+    """An ONNX LSTM node with peepholes and clip (built with onnx.helper): the traced h of every step is
+    onnxruntime's Y, and the last step's c its Y_c."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    i, h, t, b = 3, 4, 7, 2
+    w = (rng.standard_normal((1, 4 * h, i)) * 0.5).astype(np.float32)  # ONNX's gate order i, o, f, c
+    r = (rng.standard_normal((1, 4 * h, h)) * 0.5).astype(np.float32)
+    bias = (rng.standard_normal((1, 8 * h)) * 0.1).astype(np.float32)
+    p = (rng.standard_normal((1, 3 * h)) * 0.5).astype(np.float32)
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "", "", "P"], ["Y", "Y_h", "Y_c"], hidden_size=h,
+                            clip=2.0, name="lstm")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [t, b, i])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h", "Y_c")],
+                              [numpy_helper.from_array(a, n) for a, n in ((w, "W"), (r, "R"), (bias, "B"), (p, "P"))])
+    path = tmp_path / "peep.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    x = rng.standard_normal((b, t, i)).astype(np.float32)  # (B, T, I)
+    np.save(tmp_path / "x.npy", x)
+    y, _, y_c = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"X": x.transpose(1, 0, 2)})
+    out = tmp_path / "t.safetensors"
+    ok(invoke("trace", path, tmp_path / "x.npy", "-o", out))
+    got = load_file(out)
+    np.testing.assert_allclose(got["layer0/forward/h"], y[:, 0].transpose(1, 0, 2), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got["layer0/forward/c"][:, -1], y_c[0], atol=1e-5, rtol=0)
