@@ -143,7 +143,7 @@ BatchIndexOpt = Annotated[Optional[int], typer.Option("--batch-index", "-b", hel
 UnitsOpt = Annotated[Optional[str], typer.Option("--units", help="Units to print with --batch-index, as START:STOP (default 0:8).", show_default=False)]
 InitialStateOpt = Annotated[Optional[Path], typer.Option("--initial-state", help="Seed the run with this state (h0, c0): an lstmscope snapshot, or a safetensors/.npz with h_n/c_n (or h0/c0), or a torch file with an (h, c) tuple.", show_default=False)]
 BroadcastOpt = Annotated[bool, typer.Option("--broadcast-state", help="Let a batch-1 initial state seed every sequence of a larger batch.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file (-o) if it exists.")]
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Snapshot file to write (.safetensors).", show_default=False)]
 NumDirsOpt = Annotated[Optional[int], typer.Option("--num-directions", help="For state files without lstmscope metadata: 2 splits h_n/c_n into forward/backward rows.", show_default=False)]
 
@@ -296,8 +296,8 @@ def import_state(
     from lstmscope.snapshot import (check_layout, default_layout, fit_state, read_state_file, snapshot_metadata,
                                     state_tensors, write_snapshot)
 
-    check_target(output, force)
     refuse_overwriting_sources(output, file, checkpoint)
+    check_target(output, force)
     ck = read_checkpoint(checkpoint)
     mod = ck.module(module)
     state = read_state_file(file, allow_torch=True)
@@ -396,6 +396,12 @@ def compare(
     from lstmscope.comparerun import CompareOptions, compare_run
 
     a, b, inp = (paths[0], None, paths[1]) if len(paths) == 2 else paths
+    if b is None and inp.is_file():
+        from lstmscope import sniff
+
+        if sniff.sniff(inp).format in sniff.CHECKPOINT_FORMATS:  # compare A.pt B.onnx, the input forgotten
+            raise fail(f"{inp} is a checkpoint, not input sequences: give the input last "
+                       f"(lstmscope compare {a} {inp} INPUT), or one checkpoint and the input with a --b-* setting")
     res = compare_run(CompareOptions(
         a=a, b=b, input=inp, module_a=module_a, module_b=module_b, key=key, lengths=lengths, time_major=time_major,
         dtype=dtype, device=device, threads=threads, initial_state=initial_state, broadcast_state=broadcast_state,
@@ -475,7 +481,7 @@ def _show_trace_file(path: Path, heatmap, layer, direction, batch_index, units, 
     if png is not None:
         from lstmscope.plot import check_png
 
-        check_png(png, force=force, output=path, sources=(path,))
+        check_png(png, force=force, sources=(path,))
     layout = {name: (str(a.dtype), a.shape) for name, a in t.tensors.items()}
     if t.lengths is not None:
         layout["lengths"] = ("int64", (t.batch,))
@@ -518,7 +524,7 @@ def trace(
     safetensors trace.
 
     One tensor per (layer, direction, quantity), each (batch, time, width), named layer{L}/{forward|backward}/{q}
-    for PyTorch modules (layer0/forward/h, layer1/backward/f) and {Keras layer name}/{forward|backward}/{q} for
+    for PyTorch and ONNX modules (layer0/forward/h, layer1/backward/f) and {Keras layer name}/{forward|backward}/{q} for
     Keras modules (encoder/forward/h). q is h, c, i, f, g or o; h is proj_size wide on a projected LSTM,
     the rest hidden_size. With lengths the file also holds lengths, and every value past a sequence's length
     is NaN. The metadata entry lstmscope.trace (canonical JSON) names the module, spec, dtype, time order and

@@ -262,8 +262,9 @@ def compare_run(o: CompareOptions) -> CompareResult:
         if ort:
             notes.append("note: per step, onnxruntime hands back h (Y) but not c, so c is compared at the last "
                          "step only")
-        notes.append("note: per-step values come from lstmscope's stepwise engine (the fused kernel keeps no "
-                     "per-step c); the final states above come from each side's own engine")
+        notes.append(f"note: per-step values of {'side A' if ort else 'both sides'} come from lstmscope's stepwise "
+                     "engine (the fused kernel keeps no per-step c); the final states above come from each side's "
+                     "own engine")
     inp = {"path": str(seqs.path), "key": seqs.key, "layout": seqs.layout, "batch": seqs.batch, "time": seqs.time,
            "features": seqs.features, "lengths": None if seqs.lengths is None else seqs.lengths.tolist()}
     return CompareResult(side_a, side_b, diff, steps, inp, notes)

@@ -45,7 +45,7 @@ def refuse_overwriting_sources(out: Path, *sources) -> None:
     """An output that is one of the command's own inputs would destroy it: refuse, even with --force."""
     for src in sources:
         if src is not None and Path(src).exists() and out.exists() and os.path.samefile(src, out):
-            raise OutputError(f"{out} is also an input of this command; write the snapshot to another file")
+            raise OutputError(f"{out} is also an input of this command; give the output another name (--force cannot allow this)")
 
 
 @contextlib.contextmanager

@@ -261,8 +261,8 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     out_path = Path(out)
     if layout is not None and layout not in LAYOUTS:  # refuse before the run, in the module's terms
         check_layout(layout, read_checkpoint(opts.checkpoint).module(opts.module).spec)
-    check_target(out_path, force)  # refuse before spending time on the run
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
+    check_target(out_path, force)  # refuse before spending time on the run
     box: dict = {}
 
     def sink_for(ck: Checkpoint, module: LSTMModule, seqs: Sequences, dtype: str, state_sha: str | None):
@@ -344,8 +344,8 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     picked = parse_quantities(quantities)
     check_order(order)
     out_path = Path(out)
-    check_target(out_path, force)  # refuse before spending time on the run
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
+    check_target(out_path, force)  # refuse before spending time on the run
     p = _prepare(opts)
     ck, module, spec, seqs, notes = p.checkpoint, p.module, p.module.spec, p.sequences, p.notes
     if check is not None:

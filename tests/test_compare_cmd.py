@@ -193,6 +193,9 @@ def test_bad_input_is_one_error_line(invoke, torch_pair, tmp_path):
     assert len(nothing.stderr.splitlines()) == 1
     missing = tmp_path / "missing.pt"
     assert_one_error_line(invoke("compare", missing, d / "model.onnx", d / "x.npy"), missing)
+    r = invoke("compare", d / "model.pt", d / "model.onnx")  # the input forgotten: B is not input sequences
+    assert_one_error_line(r, d / "model.onnx")
+    assert "is a checkpoint, not input sequences" in r.stderr
     assert_one_error_line(invoke("compare", d / "model.pt", d / "x.npy", "--b-runtime", "onnxruntime"),
                           d / "model.pt", "ONNX")
     assert_one_error_line(invoke("compare", d / "model.pt", d / "x.npy", "--b-engine", "warp"), Path("--b-engine"),

@@ -201,6 +201,7 @@ def test_output_that_is_an_input_is_refused(tmp_path, invoke):
         for force in ([], ["--force"]):
             r = invoke("trace", ck, inp, *extra, "-o", src, *force)
             assert_one_error_line(r, src)
+            assert "also an input of this command" in r.stderr  # not "pass --force", which could not help
             assert src.read_bytes() == before
 
 

@@ -45,7 +45,8 @@ def render_compare(console: Console, res) -> None:
         from lstmscope.render.trace import render_trace_diff
 
         console.print()
-        console.print(Text("Per step (h and c of every layer and direction)", style="bold"))
+        what = "h and c" if any(r.quantity == "c" for r in res.steps.rows) else "h"
+        console.print(Text(f"Per step ({what} of every layer and direction)", style="bold"))
         render_trace_diff(console, res.steps)
     if res.steps is not None and diff.comparable:
         if res.equal:

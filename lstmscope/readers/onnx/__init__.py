@@ -57,7 +57,7 @@ def read(path: Path, fmt: str) -> Checkpoint:
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise CheckpointError(f"{path} is an ONNX model; reading it needs the onnx package (pip install onnx)") \
+        raise CheckpointError(f"{path} is an ONNX model; reading it needs the onnx package: pip install 'lstmscope[onnx]' (or pip install onnx)") \
             from None
     return _guarded(path, lambda: _read(path))
 
