@@ -205,19 +205,27 @@ def _as_f64(raw: np.ndarray, buf: np.ndarray) -> np.ndarray:
     return buf
 
 
-def _nonfinite_block(x: np.ndarray, y: np.ndarray, atol: float, rtol: float, equal_nan: bool) -> _BlockStats:
-    """A block holding NaN/Inf: NaN on one side, or Inf against anything but the same Inf, differs by
-    inf; NaN on both sides by inf, or by 0 with ``equal_nan``."""
+def nonfinite_diff(x: np.ndarray, y: np.ndarray, atol: float, rtol: float,
+                   equal_nan: bool) -> tuple[np.ndarray, np.ndarray]:
+    """|x - y| and the pass mask where NaN/Inf may occur (the one rule, for snapshots and traces): NaN on one
+    side, or Inf against anything but the same Inf, differs by inf; NaN on both sides by inf, or by 0 with
+    ``equal_nan``; an infinite reference admits only itself."""
     d = np.abs(x - y)
     both_nan = np.isnan(x) & np.isnan(y)
     d[both_nan] = 0.0 if equal_nan else np.inf
     d[np.isnan(d)] = np.inf  # NaN on one side, or inf - inf
     inf_y = np.isinf(y)
     d[np.isinf(x) & (x == y)] = 0.0  # the same infinity on both sides
-    ok = d <= atol + rtol * np.where(inf_y, 0.0, np.abs(y))  # an infinite reference admits only itself
+    ok = d <= atol + rtol * np.where(inf_y, 0.0, np.abs(y))
     ok[inf_y] = x[inf_y] == y[inf_y]
     if equal_nan:
         ok |= both_nan
+    return d, ok
+
+
+def _nonfinite_block(x: np.ndarray, y: np.ndarray, atol: float, rtol: float, equal_nan: bool) -> _BlockStats:
+    """A block holding NaN/Inf (nonfinite_diff's rule)."""
+    d, ok = nonfinite_diff(x, y, atol, rtol, equal_nan)
     i = int(np.argmax(d))
     ay = np.abs(y)
     rel = np.where(ay > 0, d / np.where(ay > 0, ay, 1.0), np.where(d > 0, np.inf, 0.0))

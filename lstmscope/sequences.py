@@ -276,6 +276,15 @@ def reverse_steps(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     return np.take_along_axis(x, idx[:, :, None], axis=1)
 
 
+def unflip_pieces(length: int, start: int, n: int) -> list[tuple[int, int, int, bool]]:
+    """Where the rows of a block go in input time when the block holds steps start..start+n of one sequence
+    with its own valid steps reversed (``reverse_steps``' order): ``[(lo, hi, at, reversed)]``, rows lo:hi to
+    steps at..at+hi-lo, reversed or not. Valid steps (< ``length``) come back reversed, padding stays put."""
+    k = min(max(int(length) - start, 0), n)  # valid steps of this sequence in the block
+    out = [(0, k, int(length) - start - k, True)] if k else []
+    return out + ([(k, n, start + k, False)] if k < n else [])
+
+
 def reversed_reader(read_steps, lengths: np.ndarray | None, time: int, batch: int):
     """``read_steps(start, stop)`` of the sequences as ``reverse_steps`` orders them, for streamed runs: each
     chunk reads only the steps it needs (once per distinct length)."""

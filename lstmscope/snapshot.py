@@ -259,17 +259,13 @@ class SnapshotWriter:
         step t < lengths[b] goes to lengths[b] - 1 - t; padding steps stay where they are."""
         _, (batch, time, width) = self.layout[name]
         itemsize = np.dtype(self.layout[name][0]).itemsize
-        n = chunk.shape[1]
+        from lstmscope.sequences import unflip_pieces
+
         for b in range(batch):
-            k = int(min(max(int(lengths[b]) - start, 0), n))  # valid steps of this sequence in the chunk
             row = self.offsets[name] + b * time * width * itemsize
-            if k:
-                to = int(lengths[b]) - start - k  # where the reversed valid part begins
-                self.f.seek(row + to * width * itemsize)
-                self.f.write(self._bytes(name, chunk[b, :k][::-1]))
-            if k < n:
-                self.f.seek(row + (start + k) * width * itemsize)
-                self.f.write(self._bytes(name, chunk[b, k:]))
+            for lo, hi, at, rev in unflip_pieces(lengths[b], start, chunk.shape[1]):
+                self.f.seek(row + at * width * itemsize)
+                self.f.write(self._bytes(name, chunk[b, lo:hi][::-1] if rev else chunk[b, lo:hi]))
 
 
 def _sniff(path: Path) -> str:

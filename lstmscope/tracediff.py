@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstmscope.arrays import DiskArray
-from lstmscope.compare import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, DiffRow, _Cosine, _cosine_sums
+from lstmscope.compare import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, DiffRow, _Cosine, _cosine_sums, nonfinite_diff
 from lstmscope.report import DIRECTIONS
 from lstmscope.snapshot import PROVENANCE_FIELDS
 from lstmscope.tracefile import TraceFile
@@ -124,7 +124,7 @@ class _StepBlock:
 
 def _step_block(x: np.ndarray, y: np.ndarray, valid: np.ndarray | None, atol: float, rtol: float,
                 equal_nan: bool) -> _StepBlock:
-    """The figures of one block of steps; the NaN/Inf rules are _nonfinite_block's."""
+    """The figures of one block of steps; NaN/Inf follow compare.nonfinite_diff's rule."""
     with np.errstate(all="ignore"):
         d = np.abs(x - y)
         ay = np.abs(y)
@@ -132,15 +132,7 @@ def _step_block(x: np.ndarray, y: np.ndarray, valid: np.ndarray | None, atol: fl
         if finite:
             ok = d <= atol + rtol * ay
         else:
-            both_nan = np.isnan(x) & np.isnan(y)
-            d[both_nan] = 0.0 if equal_nan else np.inf
-            d[np.isnan(d)] = np.inf  # NaN on one side, or inf - inf
-            d[np.isinf(x) & (x == y)] = 0.0  # the same infinity on both sides
-            inf_y = np.isinf(y)
-            ok = d <= atol + rtol * np.where(inf_y, 0.0, ay)  # an infinite reference admits only itself
-            ok[inf_y] = x[inf_y] == y[inf_y]
-            if equal_nan:
-                ok |= both_nan
+            d, ok = nonfinite_diff(x, y, atol, rtol, equal_nan)
         rel = np.where(ay > 0, d / np.where(ay > 0, ay, 1.0), np.where(d > 0, np.inf, 0.0))
         rel[np.isinf(d)] = np.inf
         if valid is None:

@@ -59,7 +59,11 @@ def expected(a: np.ndarray, b: np.ndarray, atol: float = ATOL, rtol: float = RTO
     if not fin.all():
         cos = None
     else:
-        # math.fsum of exact float64 products: an independent, correctly rounded reference for moderate values
+        # math.fsum of float64 products, each vector first scaled by its largest |value| (the cosine does not
+        # change), so that tiny or huge values neither underflow nor overflow: x = [0], y = [1e-246] has one
+        # zero vector (cosine 0), not two (y * y alone would underflow to 0)
+        sx, sy = float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0))
+        x, y = (x / sx if sx else x), (y / sy if sy else y)
         na, nb, dot = math.fsum(x * x), math.fsum(y * y), math.fsum(x * y)
         cos = 1.0 if na == nb == 0 else 0.0 if na == 0 or nb == 0 else dot / math.sqrt(na * nb)
     i = int(np.argmax(d))

@@ -34,6 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from lstmscope.engine.fused import DTYPES, build_lstm, check_device, layer_params, to_numpy
 from lstmscope.engine.stepwise import MAX_BLOCK_STEPS, StepBlock
 from lstmscope.errors import InputError, StateError, UsageError
+from lstmscope.sequences import unflip_pieces
 from lstmscope.spec import LSTMSpec
 
 QUANTITIES = ("h", "c", "i", "f", "g", "o")  # h_t, c_t, input / forget gate, candidate, output gate
@@ -95,10 +96,8 @@ def _collector(spec: LSTMSpec, batch: int, time: int, lens: np.ndarray | None, o
             arr[:, start:start + n] = block
             return
         for b in range(batch):  # un-reverse each sequence's valid steps (see the module docstring)
-            k = int(min(max(int(full[b]) - start, 0), n))
-            to = int(full[b]) - start - k
-            arr[b, to:to + k] = block[b, :k][::-1]
-            arr[b, start + k:start + n] = block[b, k:]
+            for lo, hi, at, rev in unflip_pieces(full[b], start, n):
+                arr[b, at:at + hi - lo] = block[b, lo:hi][::-1] if rev else block[b, lo:hi]
     return sink
 
 
@@ -252,12 +251,9 @@ class _StepFile:
             if not flipped:
                 os.pwrite(self.f.fileno(), block[b].data, self._at(b, start))
                 continue
-            k = int(min(max(int(lens[b]) - start, 0), n))  # valid steps of this sequence in the block
-            if k:
-                os.pwrite(self.f.fileno(), np.ascontiguousarray(block[b, :k][::-1]).data,
-                          self._at(b, int(lens[b]) - start - k))
-            if k < n:
-                os.pwrite(self.f.fileno(), block[b, k:].data, self._at(b, start + k))
+            for lo, hi, at, rev in unflip_pieces(lens[b], start, n):
+                piece = np.ascontiguousarray(block[b, lo:hi][::-1] if rev else block[b, lo:hi])
+                os.pwrite(self.f.fileno(), piece.data, self._at(b, at))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((self.batch, stop - start, self.width), dtype=self.dtype)

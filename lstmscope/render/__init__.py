@@ -399,6 +399,13 @@ def render_state(console: Console, state, view: StateView) -> None:
                 hint="output holds the last layer only; earlier layers cannot be checked from a snapshot.")
 
 
+def render_only_in(console: Console, res) -> None:
+    """The tensors a diff found in one file only (snapshots and traces alike)."""
+    for side, names in (("A", res.only_in_a), ("B", res.only_in_b)):
+        if names:
+            console.print(Text(f"only in {side}: {', '.join(names)}", style=BAD_STYLE))
+
+
 def render_diff(console: Console, res) -> None:
     console.print(Text.assemble(("A ", "bold"), res.a, ("   B (reference) ", "bold"), res.b))
     console.print(Text(f"pass when |a - b| <= atol + rtol * |b|, atol={res.atol:g}, rtol={res.rtol:g}"
@@ -432,9 +439,7 @@ def render_diff(console: Console, res) -> None:
                       _num(r.max_rel_diff, ".2e"), f"{r.mismatched}/{r.total} ({r.mismatched_pct:.3g}%)",
                       _num(r.cosine, ".6f") if r.cosine == r.cosine else Text("-", style="dim"), mark)
     console.print(table)
-    for side, names in (("A", res.only_in_a), ("B", res.only_in_b)):
-        if names:
-            console.print(Text(f"only in {side}: {', '.join(names)}", style=BAD_STYLE))
+    render_only_in(console, res)
     if res.equal:
         console.print(Text("States match within tolerance.", style=OK_STYLE))
     else:

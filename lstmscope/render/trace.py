@@ -11,7 +11,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from lstmscope.render import BAD_STYLE, DIR_SHORT, OK_STYLE, _num
+from lstmscope.render import BAD_STYLE, DIR_SHORT, OK_STYLE, _num, render_only_in
 
 SPARK = "▁▂▃▄▅▆▇█"  # per-step profile levels, low to high
 SPARK_ASCII = ".:-=+*#@"  # the same where the console cannot print Unicode
@@ -50,9 +50,7 @@ def render_trace_diff(console: Console, res) -> None:
         console.print(Padding(Text("layer " + ", ".join(f"{i} = {n}" for i, n in sorted(names.items())),
                                    style="dim"), (0, 0, 0, 2)))
     _render_step_profile(console, res.rows, res.atol)
-    for side, names_ in (("A", res.only_in_a), ("B", res.only_in_b)):
-        if names_:
-            console.print(Text(f"only in {side}: {', '.join(names_)}", style=BAD_STYLE))
+    render_only_in(console, res)
     if res.equal:
         console.print(Text("Traces match within tolerance.", style=OK_STYLE))
     else:
