@@ -134,6 +134,10 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
 
 
 InputArg = Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]
+EmbeddingOpt = Annotated[Optional[str], typer.Option("--embedding", help="Token-id input: the (vocab, input_size) tensor the ids are looked up in (see inspect's candidates). Keras and ONNX models name their own; a PyTorch file's only 2-D tensor of width input_size named like an embedding is taken without it.", show_default=False)]
+MaskValueOpt = Annotated[Optional[float], typer.Option("--mask-value", help="Skip every step whose features all equal this value, as a Keras Masking layer does (the state carries through; the final state is the one after the last valid step), also for a model without a mask layer.", show_default=False)]
+NoMaskOpt = Annotated[bool, typer.Option("--no-mask", help="Run every step of a masked model's input, padding included (what Keras would not do).")]
+PaddingOpt = Annotated[str, typer.Option("--padding", help="Where --lengths' padding is: post (at the end; packed, as pack_padded_sequence) or pre (at the front: each sequence runs on its last len steps).")]
 KeyOpt = Annotated[Optional[str], typer.Option("--key", help="Array name inside an .npz input.", show_default=False)]
 LengthsOpt = Annotated[Optional[Path], typer.Option("--lengths", help="A .npy of per-sequence lengths: runs a packed batch (enforce_sorted=False).", show_default=False)]
 TimeMajorOpt = Annotated[bool, typer.Option("--time-major", help="3-D input is (T, B, F) instead of (B, T, F).")]
@@ -197,6 +201,10 @@ def run(
     tmp_dir: TmpDirOpt = None,
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
+    embedding: EmbeddingOpt = None,
+    mask_value: MaskValueOpt = None,
+    no_mask: NoMaskOpt = False,
+    padding: PaddingOpt = "post",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -212,7 +220,8 @@ def run(
             dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=units,
             initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size, threads=threads,
             device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir), activation=activation,
-            recurrent_activation=recurrent_activation,
+            recurrent_activation=recurrent_activation, embedding=embedding, mask_value=mask_value, no_mask=no_mask,
+            padding=padding,
         ), progress=progress)
     _notes(outcome)
     from lstmscope.jsonout import run_document
@@ -244,6 +253,10 @@ def export_state(
     tmp_dir: TmpDirOpt = None,
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
+    embedding: EmbeddingOpt = None,
+    mask_value: MaskValueOpt = None,
+    no_mask: NoMaskOpt = False,
+    padding: PaddingOpt = "post",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -262,7 +275,8 @@ def export_state(
             checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
             dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size,
             threads=threads, device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
-            activation=activation, recurrent_activation=recurrent_activation,
+            activation=activation, recurrent_activation=recurrent_activation, embedding=embedding,
+            mask_value=mask_value, no_mask=no_mask, padding=padding,
         ), output, include_output=include_output, force=force, progress=progress, layout=layout)
     _notes(outcome)
     size = path.stat().st_size
@@ -371,6 +385,10 @@ def compare(
     device: DeviceOpt = "cpu",
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
+    embedding: EmbeddingOpt = None,
+    mask_value: MaskValueOpt = None,
+    no_mask: NoMaskOpt = False,
+    padding: PaddingOpt = "post",
     b_dtype: Annotated[Optional[str], typer.Option("--b-dtype", help="Side B runs in this dtype (float32, float64, float16, bfloat16).", show_default=False)] = None,
     b_device: Annotated[Optional[str], typer.Option("--b-device", help="Side B runs on this device (cpu, cuda, cuda:N).", show_default=False)] = None,
     b_engine: Annotated[Optional[str], typer.Option("--b-engine", help="Side B's engine: stepwise (the per-step cell) or fused (nn.LSTM's kernel, standard cells only).", show_default=False)] = None,
@@ -406,6 +424,7 @@ def compare(
         a=a, b=b, input=inp, module_a=module_a, module_b=module_b, key=key, lengths=lengths, time_major=time_major,
         dtype=dtype, device=device, threads=threads, initial_state=initial_state, broadcast_state=broadcast_state,
         activation=activation, recurrent_activation=recurrent_activation, all_layers=all_layers, per_step=per_step,
+        embedding=embedding, mask_value=mask_value, no_mask=no_mask, padding=padding,
         b_dtype=b_dtype, b_device=b_device, b_engine=b_engine, b_runtime=b_runtime, atol=atol, rtol=rtol,
         equal_nan=equal_nan))
     for note in res.notes:
@@ -510,6 +529,10 @@ def trace(
     tmp_dir: Annotated[Optional[Path], typer.Option("--tmp-dir", help="Where a streamed trace keeps each layer's output while the next layer reads it (removed afterwards). Default: $TMPDIR.", show_default=False)] = None,
     activation: ActivationOpt = None,
     recurrent_activation: RecurrentActivationOpt = None,
+    embedding: EmbeddingOpt = None,
+    mask_value: MaskValueOpt = None,
+    no_mask: NoMaskOpt = False,
+    padding: PaddingOpt = "post",
     heatmap: HeatmapOpt = None,
     layer: LayerOpt = None,
     direction: DirectionOpt = None,
@@ -558,7 +581,8 @@ def trace(
                 checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
                 dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads,
                 device=device, activation=activation, recurrent_activation=recurrent_activation,
-                chunk_size=chunk_size, tmp_dir=None if tmp_dir is None else str(tmp_dir),
+                chunk_size=chunk_size, tmp_dir=None if tmp_dir is None else str(tmp_dir), embedding=embedding,
+                mask_value=mask_value, no_mask=no_mask, padding=padding,
             ), target, quantities=quantities, order=order, force=force, check=check if wanted else None,
                 progress=progress)
         _trace_results(outcome, output is not None, heatmap, png, picture, force, quiet, json_out)

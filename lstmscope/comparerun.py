@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from lstmscope.compare import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, compare_arrays
-from lstmscope.errors import CheckpointError, UsageError, clean_message
+from lstmscope.errors import CheckpointError, InputError, UsageError, clean_message
 from lstmscope.readers import Checkpoint, LSTMModule, read_checkpoint
 from lstmscope.report import DIRECTIONS
+from lstmscope.sequences import Sequences
 from lstmscope.spec import LSTMSpec
 
 ENGINES = ("fused", "stepwise")
@@ -59,6 +60,10 @@ class CompareOptions:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     equal_nan: bool = False
+    embedding: str | None = None  # token inputs: A's embedding tensor (as run's --embedding)
+    mask_value: float | None = None  # as run's: Keras masking semantics on both sides
+    no_mask: bool = False
+    padding: str = "post"
 
 
 @dataclass
@@ -226,8 +231,22 @@ def compare_run(o: CompareOptions) -> CompareResult:
     notes = [n for n in {ck_a.reading_note(), ck_b.reading_note()} if n]
     if not diff.comparable:
         return CompareResult(side_a, side_b, diff, notes=notes)
+    from lstmscope.runner import build_mask, check_input_options
+
+    check_input_options(o)
+    token_model = mod_a.embedding is not None or o.embedding is not None
     seqs = load_sequences(o.input, time_major=o.time_major, key=o.key, lengths_path=o.lengths,
-                          expected_features=sa.input_size, module_name=mod_a.display_name)
+                          expected_features=None if token_model else sa.input_size, module_name=mod_a.display_name)
+    data_a, data_b = _embedded(ck_a, mod_a, ck_b, mod_b, seqs, o, notes)
+    warnings: list[str] = []
+    mask = build_mask(mod_a, seqs, o, notes, warnings)
+    notes += [f"warning: {w}" for w in warnings]
+    mask = mask if mask is not None and mask.masks_anything else None
+    lengths = seqs.lengths
+    if mask is not None:  # both sides read the steps A's mask keeps, compacted (see lstmscope.masking)
+        data_a, data_b, lengths = mask.compact(data_a), mask.compact(data_b), mask.run_lengths
+        notes.append(f"note: both sides skip the steps masked by {mask.source.split(':')[0]}"
+                     + (" (per step: the steps read, masked ones left out)" if o.per_step else ""))
     h0 = c0 = None
     if o.initial_state is not None:
         from lstmscope.snapshot import fit_state, read_state_file
@@ -243,22 +262,27 @@ def compare_run(o: CompareOptions) -> CompareResult:
         except UsageError as e:
             raise UsageError(e.message.replace("--device", "--b-device", 1)) from None
     engine.configure_threads(o.threads if o.threads is not None else engine.default_threads(sa, seqs.batch))
-    data = seqs.data  # (batch, time, features)
-    run_a = _run_lstmscope(sa, ck_a.parameters(mod_a), data, seqs.lengths, h0, c0, o.dtype, o.device,
+    run_a = _run_lstmscope(sa, ck_a.parameters(mod_a), data_a, lengths, h0, c0, o.dtype, o.device,
                            eng_a == "stepwise" and sa.standard_cell, o.all_layers, o.per_step)
     if ort:
-        run_b = _run_onnxruntime(ck_b.path, sb, data, seqs.lengths, h0, c0, o.all_layers, o.per_step, o.threads)
+        run_b = _run_onnxruntime(ck_b.path, sb, data_b, lengths, h0, c0, o.all_layers, o.per_step, o.threads)
         notes.append("note: side B is onnxruntime " + _ort_version() + ", running each LSTM node of "
                      f"'{mod_b.display_name}' alone in a one-node model with the file's weights")
     else:
-        run_b = _run_lstmscope(sb, ck_b.parameters(mod_b), data, seqs.lengths, h0, c0, o.b_dtype or o.dtype, dev_b,
+        run_b = _run_lstmscope(sb, ck_b.parameters(mod_b), data_b, lengths, h0, c0, o.b_dtype or o.dtype, dev_b,
                                eng_b == "stepwise" and sb.standard_cell, o.all_layers, o.per_step)
+    if mask is not None:  # outputs back on the whole time axis; a wholly masked sequence keeps its initial state
+        from lstmscope.runner import _initial_for_empty
+
+        for r in (run_a, run_b):
+            r.outputs = {k: mask.expand(v, backwards_in_place=sa.go_backwards) for k, v in r.outputs.items()}
+            _initial_for_empty(r, mask, h0, c0)
     side_a.dtype, side_b.dtype = run_a.dtype, run_b.dtype
     diff.a, diff.b = side_a.describe(), side_b.describe()
     _state_rows(diff, sa, run_a, run_b)
     steps = None
     if o.per_step:
-        steps = _step_rows(side_a, side_b, sa, run_a, run_b, seqs.lengths, o)
+        steps = _step_rows(side_a, side_b, sa, run_a, run_b, seqs.lengths if mask is None else mask.counts, o)
         if ort:
             notes.append("note: per step, onnxruntime hands back h (Y) but not c, so c is compared at the last "
                          "step only")
@@ -266,8 +290,39 @@ def compare_run(o: CompareOptions) -> CompareResult:
                      "engine (the fused kernel keeps no per-step c); the final states above come from each side's "
                      "own engine")
     inp = {"path": str(seqs.path), "key": seqs.key, "layout": seqs.layout, "batch": seqs.batch, "time": seqs.time,
-           "features": seqs.features, "lengths": None if seqs.lengths is None else seqs.lengths.tolist()}
+           "features": seqs.features, "lengths": None if seqs.lengths is None else seqs.lengths.tolist(),
+           "tokens": seqs.tokens, "embedding": None if seqs.embedding_ref is None else seqs.embedding_ref.to_dict(),
+           "mask": None if mask is None else mask.to_meta()}
     return CompareResult(side_a, side_b, diff, steps, inp, notes)
+
+
+def _embedded(ck_a: Checkpoint, mod_a: LSTMModule, ck_b: Checkpoint, mod_b: LSTMModule, seqs: Sequences,
+              o: CompareOptions, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each side's input as features: token ids through each side's own embedding (B falls back to A's when its
+    file has none), float features as they are."""
+    from lstmscope.runner import resolve_embedding
+
+    ref_a = resolve_embedding(ck_a, mod_a, seqs, o.embedding, notes)
+    if ref_a is None:
+        return seqs.data, seqs.data
+    seqs.attach_embedding(ck_a.embedding_matrix(ref_a), ref_a)
+    data_a = seqs.data
+    if ck_b is ck_a and mod_b.embedding == mod_a.embedding:
+        return data_a, data_a
+    try:
+        ref_b = resolve_embedding(ck_b, mod_b, seqs, None, [])
+    except (InputError, UsageError):
+        ref_b = None
+    if ref_b is None:
+        notes.append(f"note: side B ({ck_b.path.name}) has no embedding of its own that lstmscope finds; both sides "
+                     f"read the ids through A's {ref_a.describe()}")
+        return data_a, data_a
+    from lstmscope.tokens import check_ids, lookup
+
+    matrix = ck_b.embedding_matrix(ref_b)
+    check_ids(seqs.ids, matrix.shape[0], f"{seqs.display_name} (side B's embedding {ref_b.name})")
+    notes.append(f"note: token ids: side A through {ref_a.describe()}, side B through {ref_b.describe()}")
+    return data_a, lookup(matrix, seqs.ids)
 
 
 def _spec_differences(diff: DiffResult, sa: LSTMSpec, sb: LSTMSpec) -> None:

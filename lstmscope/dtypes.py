@@ -24,7 +24,7 @@ ITEMSIZE = {name: size for name, size, _ in _TABLE.values()} | {
 }
 NUMPY = {name: np.dtype(np_) for name, _, np_ in _TABLE.values() if np_ is not None}  # numpy can read these as they are
 FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")  # what an LSTM can run in
-SNAPSHOT_NAMES = ("float64", "float32", "float16", "int64", "int32")  # what lstmscope writes into snapshots
+SNAPSHOT_NAMES = ("float64", "float32", "float16", "int64", "int32", "uint8")  # what lstmscope writes into snapshots
 
 
 def widen_bfloat16(raw: np.ndarray) -> np.ndarray:

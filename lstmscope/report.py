@@ -76,6 +76,9 @@ class StateView:
     checks: list[Check] = field(default_factory=list)
     values: list[ValueRow] = field(default_factory=list)
     value_batch: int | None = None
+    first_steps: np.ndarray | None = None  # (batch,) where a backward reader's final state sits: 0, or the first
+    #                                         valid step under a mask; -1 for a sequence a mask skips wholly
+    masked: bool = False  # a mask skipped steps: positions are each sequence's last/first valid step
     graph_layout: int = 0  # ONNX modules: the nodes' layout attribute (0: Y [T, D, B, H]; 1: Y [B, T, D, H])
 
     @property
@@ -119,13 +122,16 @@ class StateView:
     def _last_step(self, backward: bool, b: int | None) -> str:
         """The output step where a direction's final state sits: 0 for one that reads backward, else each
         sequence's last step (a number when it is the same for all, ``len[b]-1`` when it is not)."""
-        if backward:
+        steps = self.first_steps if backward and self.first_steps is not None else self.last_steps
+        if backward and self.first_steps is None:
             return "0"
         if b is not None:
-            return str(int(self.last_steps[b]))
-        if len(set(self.last_steps.tolist())) == 1:
-            return str(int(self.last_steps[0]))
-        return "len[b]-1"
+            return str(int(steps[b]))
+        if len(set(steps.tolist())) == 1:
+            return str(int(steps[0]))
+        if backward:
+            return "first[b]"
+        return "last[b]" if self.masked else "len[b]-1"
 
     def _onnx_position(self, direction: str, b: int | None, units: tuple[int, int] | None, layer: int | None) -> str:
         d = DIRECTIONS.index(direction)
@@ -179,10 +185,12 @@ class LayerEnds:
     at_first: np.ndarray  # (batch, num_directions * out): output[b, 0]
 
     @classmethod
-    def of(cls, output: np.ndarray, last_steps: np.ndarray) -> "LayerEnds":
-        """From a whole (batch, time, D * out) output; reads only the two rows per sequence."""
+    def of(cls, output: np.ndarray, last_steps: np.ndarray, first_steps: np.ndarray | None = None) -> "LayerEnds":
+        """From a whole (batch, time, D * out) output; reads only the two rows per sequence (``first_steps``:
+        where the backward direction ends, step 0 unless a mask says otherwise)."""
         rows = np.arange(output.shape[0])
-        return cls(np.asarray(output[rows, np.asarray(last_steps)]), np.asarray(output[:, 0]))
+        first = np.asarray(output[:, 0]) if first_steps is None else np.asarray(output[rows, np.asarray(first_steps)])
+        return cls(np.asarray(output[rows, np.asarray(last_steps)]), first)
 
 
 def slice_stats(a: np.ndarray) -> SliceStats:
@@ -228,13 +236,19 @@ def build_view(
     batch_index: int | None = None,
     units: str | None = None,
     tolerance: float = CHECK_TOLERANCE,
+    first_steps: np.ndarray | None = None,
 ) -> StateView:
     """Statistics per (layer, direction), identity checks against every layer output given
-    (``{layer: (batch, time, D * out) array or its LayerEnds}``), and the values asked for."""
+    (``{layer: (batch, time, D * out) array or its LayerEnds}``), and the values asked for. ``first_steps``: where
+    a backward reader ends per sequence (default step 0); a position of -1 (a sequence a mask skipped wholly,
+    whose state is its initial state) is left out of the check."""
     view = StateView(spec, h_n, c_n, np.asarray(last_steps), layout, time)
+    first = np.zeros(h_n.shape[1], dtype=np.int64) if first_steps is None else np.asarray(first_steps)
+    if first_steps is not None and np.any(first != 0):
+        view.first_steps = first
     d = spec.num_directions
     p = spec.output_size
-    layer_outputs = {layer: out if isinstance(out, LayerEnds) else LayerEnds.of(out, view.last_steps)
+    layer_outputs = {layer: out if isinstance(out, LayerEnds) else LayerEnds.of(out, view.last_steps, first)
                      for layer, out in (layer_outputs or {}).items()}
     batch = h_n.shape[1]
     for layer in range(spec.num_layers):
@@ -248,9 +262,10 @@ def build_view(
             # the forward direction ends at each sequence's last step, the backward one at step 0; so does an ONNX
             # reverse node, whose Y is in input order (a Keras go_backwards layer's y is in processing order)
             at_first = di == 1 or (spec.framework == "onnx" and spec.go_backwards)
-            t = np.zeros(batch, dtype=np.int64) if at_first else view.last_steps
+            t = first if at_first else view.last_steps
             at = (out.at_first if at_first else out.at_last)[:, di * p:(di + 1) * p]  # (batch, out)
-            diff = max_abs_diff(h_n[idx], at)
+            read = t >= 0  # a sequence with no step read has no output step to hold its state
+            diff = max_abs_diff(h_n[idx][read], at[read])
             view.checks.append(Check(layer, direction, [int(v) for v in t], (di * p, (di + 1) * p), diff, diff <= tolerance))
     if batch_index is not None or units is not None:
         b = 0 if batch_index is None else batch_index

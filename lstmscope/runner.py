@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from lstmscope.readers import Checkpoint, LSTMModule, read_checkpoint
-from lstmscope.errors import UsageError
+from lstmscope.errors import InputError, UsageError
+from lstmscope.masking import StepMask
 from lstmscope.report import LayerEnds, StateView, build_view
 from lstmscope.sequences import Sequences, load_sequences
 from lstmscope.spec import LSTMSpec
+from lstmscope.tokens import EmbeddingRef
 
 RUN_DTYPES = ("float16", "bfloat16", "float32", "float64")
 AUTO_STREAM_BYTES = 256 << 20  # stream automatically when input + gates + output of the whole run pass this
@@ -44,6 +46,10 @@ class RunOptions:
     tmp_dir: str | None = None  # where bidirectional streamed runs keep layer outputs (default: TMPDIR)
     activation: str | None = None  # Keras modules: the cell activation to use instead of the file's (or default)
     recurrent_activation: str | None = None  # Keras modules: the gate activation, likewise
+    embedding: str | None = None  # token inputs: the tensor holding the (vocab, input_size) embedding matrix
+    mask_value: float | None = None  # Keras masking: skip steps whose features all equal this (as Masking does)
+    no_mask: bool = False  # run every step of a masked module's input, padding included
+    padding: str = "post"  # where --lengths' padding is: "post" (the end: packed) or "pre" (the front: skipped)
 
 
 @dataclass
@@ -71,6 +77,8 @@ class RunOutcome:
     threads: int = 1
     input_nonfinite: int = 0  # NaN/Inf values in the input
     engine: str = "fused"  # "fused" (nn.LSTM) or "stepwise" (any other cell)
+    mask: StepMask | None = None  # the steps the LSTM read, when a mask (or --padding pre) skipped some
+    data_warnings: list[str] = field(default_factory=list)  # e.g. a sequence every step of which is masked
 
     @property
     def output_width(self) -> int:
@@ -94,7 +102,7 @@ class RunOutcome:
         elif self.nonfinite_states:
             out.append("the final states hold NaN/Inf values although the input is finite (the weights hold "
                        "NaN/Inf, or the run overflowed its dtype)")
-        return out
+        return self.data_warnings + out
 
 
 def plan_chunks(opts: RunOptions, spec: LSTMSpec, seqs: Sequences) -> int | None:
@@ -118,8 +126,8 @@ def _count_nonfinite(a: np.ndarray) -> int:
 
 @dataclass
 class _Prepared:
-    """What every job reads before it runs: the checkpoint, the module (with any cell override), the input,
-    and the initial state fitted to the module."""
+    """What every job reads before it runs: the checkpoint, the module (with any cell override), the input
+    (token ids looked up in the embedding), the mask, and the initial state fitted to the module."""
 
     checkpoint: Checkpoint
     module: LSTMModule
@@ -128,20 +136,41 @@ class _Prepared:
     c0: np.ndarray | None
     initial_state_sha256: str | None
     notes: list[str]  # one-line remarks for stderr
+    mask: StepMask | None = None  # the steps the LSTM reads, when a mask skips some
+    warnings: list[str] = field(default_factory=list)  # about the data (stderr and JSON warnings)
+
+
+def check_input_options(opts: RunOptions) -> None:
+    """Refuse option combinations that make no sense, before anything is read."""
+    if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
+        raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
+    if opts.padding not in ("post", "pre"):
+        raise UsageError(f"--padding {opts.padding!r}: give post (padding at the end) or pre (at the front)")
+    if opts.no_mask and opts.mask_value is not None:
+        raise UsageError("--no-mask and --mask-value contradict each other; pass one")
+    if opts.padding == "pre" and opts.mask_value is not None:
+        raise UsageError("--padding pre says where --lengths' padding is; --mask-value finds padding by its value: "
+                         "pass one")
 
 
 def _prepare(opts: RunOptions) -> _Prepared:
-    if opts.dtype is not None and opts.dtype not in RUN_DTYPES:
-        raise UsageError(f"--dtype {opts.dtype} is not one of {', '.join(RUN_DTYPES)}")
+    check_input_options(opts)
     ck = read_checkpoint(opts.checkpoint)
     module = ck.with_cell(ck.module(opts.module), activation=opts.activation,
                           recurrent_activation=opts.recurrent_activation)
     spec = module.spec
+    token_model = module.embedding is not None or opts.embedding is not None
     seqs = load_sequences(opts.input, time_major=opts.time_major, key=opts.key, lengths_path=opts.lengths,
-                          expected_features=spec.input_size, module_name=module.display_name)
+                          expected_features=None if token_model else spec.input_size,
+                          module_name=module.display_name)
     h0 = c0 = None
     state_sha = None
     notes = [n for n in [ck.reading_note()] if n]  # e.g. read without running code from the file
+    ref = resolve_embedding(ck, module, seqs, opts.embedding, notes)
+    if ref is not None:
+        seqs.attach_embedding(ck.embedding_matrix(ref), ref)
+    warnings: list[str] = []
+    mask = build_mask(module, seqs, opts, notes, warnings)
     if opts.initial_state is not None:
         from lstmscope.fileio import file_sha256
         from lstmscope.snapshot import fit_state, read_state_file
@@ -149,7 +178,93 @@ def _prepare(opts: RunOptions) -> _Prepared:
         state = read_state_file(opts.initial_state, allow_torch=True)
         h0, c0 = fit_state(state, module.display_name, spec, seqs.batch, broadcast=opts.broadcast_state)
         state_sha = file_sha256(state.path)
-    return _Prepared(ck, module, seqs, h0, c0, state_sha, notes)
+    return _Prepared(ck, module, seqs, h0, c0, state_sha, notes, mask, warnings)
+
+
+def resolve_embedding(ck: Checkpoint, module: LSTMModule, seqs: Sequences, key: str | None,
+                      notes: list[str]) -> EmbeddingRef | None:
+    """The embedding token ids go through (None for float features), or an error that says what to pass."""
+    from lstmscope.tokens import named_like_embedding
+
+    where = seqs.display_name
+    spec = module.spec
+    if key is not None:
+        if not seqs.tokens:
+            raise UsageError(f"--embedding {key!r} looks token ids up, but {where} holds float features "
+                             f"{tuple(seqs.source.shape)}; give integer ids (B, T), or drop --embedding")
+        return ck.embedding_named(key, module, "--embedding")
+    if not seqs.tokens:
+        if module.embedding is None:
+            return None
+        e = module.embedding
+        if seqs.features == spec.input_size:
+            notes.append(f"note: module '{module.display_name}' reads token ids through {e.describe()}; {where} holds "
+                         f"float features of width {spec.input_size}, fed to the LSTM as they are (no embedding)")
+            return None
+        raise InputError(f"{where} is {seqs.source.dtype} {tuple(seqs.source.shape)}, but module "
+                         f"'{module.display_name}' reads token ids through {e.describe()}: give the ids as integers, "
+                         f"(B, T) or (T,) (e.g. ids.astype(np.int64)), or float features (B, T, {spec.input_size})")
+    if module.embedding is not None:
+        return module.embedding
+    cands = ck.embedding_candidates(module)
+    named = named_like_embedding(cands)
+    if len(named) == 1:
+        from dataclasses import replace
+
+        ref = ck.embedding_named(named[0], module, "its name")
+        ref = replace(ref, how=f"the only 2-D tensor of width {spec.input_size} named like an embedding")
+        notes.append(f"note: token ids looked up in {named[0]} {ref.vocab, ref.width}, the only 2-D tensor of width "
+                     f"{spec.input_size} named like an embedding (--embedding KEY names another)")
+        return ref
+    what = f"{where} holds token ids ({seqs.source.dtype} {tuple(seqs.source.shape)})"
+    if not cands:
+        raise InputError(f"{what}, but {ck.path.name} has no embedding for module '{module.display_name}': no 2-D "
+                         f"tensor of width {spec.input_size} (its input_size); give float features "
+                         f"(B, T, {spec.input_size}) instead, or --embedding KEY")
+    shown = ", ".join(cands[:8]) + (f" and {len(cands) - 8} more" if len(cands) > 8 else "")
+    raise InputError(f"{what}; name the embedding matrix with --embedding KEY (candidates of width "
+                     f"{spec.input_size}: {shown})")
+
+
+def build_mask(module: LSTMModule, seqs: Sequences, opts: RunOptions, notes: list[str],
+               warnings: list[str]) -> StepMask | None:
+    """The steps the LSTM reads when a mask (the module's, --mask-value, or --padding pre) skips some; None when
+    every step up to each length runs."""
+    from lstmscope.masking import MaskRule, mask_from_rule
+
+    spec = module.spec
+    rule = module.mask
+    if opts.no_mask:
+        if rule is not None:
+            notes.append(f"note: --no-mask: every step runs, padding included; Keras would skip the steps masked by "
+                         f"{rule.source}")
+        else:
+            notes.append(f"note: --no-mask: module '{module.display_name}' has no mask; every step runs as before")
+        return None
+    if opts.mask_value is not None:
+        if rule is not None:
+            notes.append(f"note: --mask-value {opts.mask_value:g} replaces the mask of {rule.source}")
+        rule = MaskRule("value", float(opts.mask_value), f"--mask-value {opts.mask_value:g}")
+    elif opts.padding == "pre":
+        if seqs.lengths is None:
+            raise UsageError("--padding pre says each sequence's padding is at the front; it needs --lengths (or "
+                             "'lengths' in the .npz) to say how many steps are real")
+        rule = MaskRule("pre", source=f"--padding pre with lengths from {seqs.lengths_source}")
+    if rule is None:
+        return None
+    if rule.kind == "zero_id" and not seqs.tokens:
+        notes.append(f"note: {rule.source} masks token id 0, but the input is float features: every step runs "
+                     "(--mask-value V masks steps whose features all equal V)")
+        return None
+    valid = mask_from_rule(rule, seqs.read_steps, seqs.batch, seqs.time,
+                           read_ids=seqs.read_ids if seqs.tokens else None,
+                           lengths=seqs.lengths)
+    fill = "zero" if spec.bidirectional or rule.kind == "pre" or spec.framework == "onnx" else "repeat"
+    mask = StepMask(valid, fill, rule.describe() if rule.kind == "pre" else f"{rule.source}: {rule.describe()}")
+    for b in mask.empty:
+        warnings.append(f"sequence {b} of {seqs.display_name}: every step is masked, so nothing is read; its final "
+                        "state is the initial state and its output is all zeros")
+    return mask
 
 
 def _threads(opts: RunOptions, spec: LSTMSpec, seqs: Sequences) -> int:
@@ -172,32 +287,34 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
     if h0 is not None and spec.bidirectional:
         notes.append("note: bidirectional model: the backward direction's initial state enters at the last time "
                      "step, so a chunked run cannot equal the whole run (the backward pass needs the future)")
+    mask = p.mask if p.mask is not None and p.mask.masks_anything else None
     chunk = plan_chunks(opts, spec, seqs)
     from lstmscope import engine
+    from lstmscope.sequences import reverse_steps
 
     threads = _threads(opts, spec, seqs)
     run_dtype = opts.dtype or spec.dtype
     params = ck.parameters(module)
     backwards = spec.go_backwards  # Keras go_backwards: each sequence read last step first; output in that order
+    keras_backwards = backwards and spec.framework != "onnx"  # output in processing order over the whole time axis
+    # a mask runs the valid steps only (compacted to the front, packed): the engines see run_lengths, run_time
+    lengths = seqs.lengths if mask is None else mask.run_lengths
     if chunk is None:
-        data = seqs.data
+        data = seqs.data if mask is None else mask.compact(seqs.data)
         if backwards:
-            from lstmscope.sequences import reverse_steps
-
-            data = reverse_steps(data, seqs.lengths)
-        nonfinite = _count_nonfinite(data)
-        r = engine.run_lstm(spec, params, data, lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers,
+            data = reverse_steps(data, lengths)
+        nonfinite = _count_nonfinite(seqs.data)
+        r = engine.run_lstm(spec, params, data, lengths=lengths, dtype=opts.dtype, all_layers=opts.all_layers,
                             device=opts.device, h0=h0, c0=c0)
         outs = dict(enumerate(r.layer_outputs)) if r.layer_outputs is not None else {spec.num_layers - 1: r.output}
-        output = r.output
         if backwards and spec.framework == "onnx":  # ONNX's Y is in input order: Y[t] = output[len-1-t]
-            from lstmscope.sequences import reverse_steps
-
-            outs = {k: reverse_steps(v, seqs.lengths) for k, v in outs.items()}
-            output = outs[spec.num_layers - 1]
+            outs = {k: reverse_steps(v, lengths) for k, v in outs.items()}
+        if mask is not None:  # back on the whole time axis, masked steps filled as Keras fills them
+            outs = {k: mask.expand(v, backwards_in_place=keras_backwards) for k, v in outs.items()}
+        output = outs[spec.num_layers - 1]
         result = RunResult(r.h_n, r.c_n, r.dtype, outs, output)
         if sink_for is not None:
-            sink = sink_for(ck, module, seqs, r.dtype, state_sha)
+            sink = sink_for(ck, module, seqs, r.dtype, state_sha, p.mask)
             if sink is not None:
                 sink(0, output)
     else:
@@ -205,11 +322,12 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
 
         counted = [0, 0]  # steps counted so far, non-finite values in them (the first pass, in order, only)
 
-        read_steps = seqs.read_steps
+        read_steps = seqs.read_steps if mask is None else mask.compact_reader(seqs.read_steps)
+        time = seqs.time if mask is None else mask.run_time
         if backwards:
             from lstmscope.sequences import reversed_reader
 
-            read_steps = reversed_reader(seqs.read_steps, seqs.lengths, seqs.time, seqs.batch)
+            read_steps = reversed_reader(read_steps, lengths, time, seqs.batch)
 
         def read(start: int, stop: int) -> np.ndarray:
             x = read_steps(start, stop)
@@ -218,31 +336,57 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
                 counted[1] += _count_nonfinite(x)
             return x
 
-        sink = sink_for(ck, module, seqs, run_dtype, state_sha) if sink_for is not None else None
-        r = stream_lstm(spec, params, read, batch=seqs.batch, time=seqs.time, chunk_size=chunk,
-                        lengths=seqs.lengths, dtype=opts.dtype, all_layers=opts.all_layers, h0=h0, c0=c0,
+        sink = sink_for(ck, module, seqs, run_dtype, state_sha, p.mask) if sink_for is not None else None
+        if sink is not None and mask is not None:
+            if backwards and spec.framework == "onnx":
+                raise UsageError("a masked, streamed run of a reverse ONNX node cannot write its output as it goes; "
+                                 "pass --chunk-size 0 (a whole run)")
+            sink = mask.expanding_sink(sink.put_row, backwards_in_place=keras_backwards)
+        r = stream_lstm(spec, params, read, batch=seqs.batch, time=time, chunk_size=chunk,
+                        lengths=lengths, dtype=opts.dtype, all_layers=opts.all_layers, h0=h0, c0=c0,
                         device=opts.device, sink=sink, progress=progress, tmp_dir=opts.tmp_dir)
+        if sink is not None and mask is not None:
+            sink.finish()
         nonfinite = counted[1]
         ends = dict(r.layer_ends)
         if backwards and spec.framework == "onnx":  # in ONNX's input order, processing's last step is Y[0]
             ends = {k: LayerEnds(at_last=e.at_first, at_first=e.at_last) for k, e in ends.items()}
         result = RunResult(r.h_n, r.c_n, r.dtype, ends)
+    if mask is not None:
+        _initial_for_empty(result, mask, h0, c0)
+        last, first = mask.output_steps(keras_backwards)  # where each direction's last step read lands
+    else:
+        last = seqs.last_steps()
+        first = np.zeros(seqs.batch, dtype=np.int64)
     view = build_view(
         spec,
         result.h_n,
         result.c_n,
-        last_steps=seqs.last_steps(),
+        last_steps=last,
+        first_steps=first,
         layout=seqs.layout,
         time=seqs.time,
         layer_outputs=result.layer_outputs,
         batch_index=opts.batch_index,
         units=opts.units,
     )
+    view.masked = mask is not None
     if module.graph is not None:
         view.graph_layout = module.graph.layout
-    return RunOutcome(ck, module, seqs, result, view, state_sha,
-                      None if opts.initial_state is None else str(opts.initial_state), notes, chunk, threads, nonfinite,
-                      engine.engine_name(spec))
+    out = RunOutcome(ck, module, seqs, result, view, state_sha,
+                     None if opts.initial_state is None else str(opts.initial_state), notes, chunk, threads, nonfinite,
+                     engine.engine_name(spec))
+    out.mask = p.mask
+    out.data_warnings = p.warnings
+    return out
+
+
+def _initial_for_empty(result: RunResult, mask: StepMask, h0: np.ndarray | None, c0: np.ndarray | None) -> None:
+    """A sequence with no valid step reads nothing: its final state is its initial state (its throwaway step in
+    the compacted run is replaced), as in Keras."""
+    for b in mask.empty:
+        result.h_n[:, b] = 0 if h0 is None else h0[:, b]
+        result.c_n[:, b] = 0 if c0 is None else c0[:, b]
 
 
 def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False,
@@ -265,7 +409,8 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     check_target(out_path, force)  # refuse before spending time on the run
     box: dict = {}
 
-    def sink_for(ck: Checkpoint, module: LSTMModule, seqs: Sequences, dtype: str, state_sha: str | None):
+    def sink_for(ck: Checkpoint, module: LSTMModule, seqs: Sequences, dtype: str, state_sha: str | None,
+                 mask: StepMask | None):
         """Open the snapshot before the run, so the output can go straight to its place in the file."""
         spec = module.spec
         kind = check_layout(layout or default_layout(spec), spec)
@@ -273,7 +418,8 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
         box["layout"], box["spec"], box["feed"] = kind, spec, feed
         meta = snapshot_metadata(spec, batch_size=seqs.batch, dtype=dtype, module=module.prefix,
                                  checkpoint_sha256=ck.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
-                                 initial_state_sha256=state_sha, layout=kind, feed=feed)
+                                 initial_state_sha256=state_sha, layout=kind, feed=feed,
+                                 mask=None if mask is None else mask.to_meta(), embedding=seqs.embedding_ref)
         np_dtype = "float32" if dtype == "bfloat16" else dtype
         tensors = state_layout(spec, seqs.batch, np_dtype, kind, feed)
         clash = sorted(set(tensors) & {"output", "lengths"})
@@ -293,7 +439,7 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
             lens = seqs.lengths if seqs.lengths is not None else np.full(seqs.batch, seqs.time, dtype=np.int64)
             # streamed chunks come in processing order; ONNX's Y is in input order: reversed per sequence
             return lambda start, chunk: w.put_reversed_steps("output", start, chunk, lens)
-        return lambda start, chunk: w.put_steps("output", start, chunk)
+        return _OutputSink(w)
 
     try:
         outcome = execute_run(opts, progress=progress, sink_for=sink_for)
@@ -311,6 +457,20 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     if box["feed"] is not None:
         outcome.notes += [f"note: {n}" for n in box["feed"]["notes"]]
     return outcome, out_path, box["meta"]
+
+
+class _OutputSink:
+    """Writes a run's output into a snapshot as it comes: whole chunks of steps, or (a masked streamed run) rows of
+    one sequence."""
+
+    def __init__(self, writer):
+        self.w = writer
+
+    def __call__(self, start: int, chunk: np.ndarray) -> None:
+        self.w.put_steps("output", start, chunk)
+
+    def put_row(self, b: int, start: int, rows: np.ndarray) -> None:
+        self.w.put_row_steps("output", b, start, rows)
 
 
 @dataclass
@@ -359,34 +519,103 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     run_dtype = opts.dtype or spec.dtype
     np_dtype = "float32" if run_dtype == "bfloat16" else run_dtype  # bfloat16 traces come back as float32
     params = ck.parameters(module)
+    mask = p.mask if p.mask is not None and p.mask.masks_anything else None
+    if mask is not None and order != "input":
+        raise UsageError("--order processing with a mask: a masked trace is stored in input order only (each step "
+                         "at the input step it read; skipped steps NaN)")
     layout = trace_layout(spec, seqs.batch, seqs.time, np_dtype, picked, seqs.lengths is not None)
+    if mask is not None:
+        layout["valid"] = ("uint8", (seqs.batch, seqs.time))
     meta = trace_metadata(spec, dtype=run_dtype, module=module.prefix, checkpoint_sha256=ck.sha256,
                           input_sha256=seqs.sha256, lengths=seqs.lengths, initial_state_sha256=p.initial_state_sha256,
                           time_order=order, quantities=picked)
+    if mask is not None:
+        meta["mask"] = mask.to_meta()
+    if seqs.embedding_ref is not None:
+        meta["embedding"] = seqs.embedding_ref.to_dict()
     lens = seqs.lengths if seqs.lengths is not None else np.full(seqs.batch, seqs.time, dtype=np.int64)
+    if mask is not None:  # the engine runs the valid steps only, compacted (see lstmscope.masking)
+        lens = mask.run_lengths
 
     def stored_flipped(direction: int) -> bool:
         """Whether the file keeps this direction reversed per sequence: processing order, for a direction that
         ran backwards (the backward one, or a go_backwards layer)."""
         return order == "processing" and ((direction == 1) != spec.go_backwards)
 
-    summary = TraceSummary(lengths=lens)  # O(width) per key, fed the same blocks as the file
+    summary = TraceSummary(lengths=lens if mask is None else mask.counts)  # O(width) per key, fed what the file is
     with TraceWriter(out_path, layout, meta, force=force) as w:
         def sink(layer: int, direction: int, quantity: str, start: int, block: np.ndarray, flipped: bool) -> None:
             summary.add(layer, ("forward", "backward")[direction], quantity, start, block, flipped=flipped)
             name = tensor_name(spec, layer, direction, quantity)
-            if flipped != stored_flipped(direction):
+            if mask is not None:
+                _put_compacted(w, name, mask, start, block, flipped)
+            elif flipped != stored_flipped(direction):
                 w.put_reversed_steps(name, start, block, lens)
             else:
                 w.put_steps(name, start, block)
 
-        run = dict(lengths=seqs.lengths, h0=p.h0, c0=p.c0, dtype=opts.dtype, device=opts.device, quantities=picked,
-                   sink=sink, progress=progress)
+        data, read_steps, time = seqs.data if chunk is None else None, seqs.read_steps, seqs.time
+        if mask is not None:
+            for name, (dt, shape) in layout.items():  # skipped steps hold NaN, like padding
+                if len(shape) == 3:
+                    _fill_skipped(w, name, mask, np.dtype(dt), shape[2])
+            w.put("valid", mask.valid.astype(np.uint8))
+            data = mask.compact(seqs.data) if chunk is None else None
+            read_steps, time = mask.compact_reader(seqs.read_steps), mask.run_time
+        run = dict(lengths=seqs.lengths if mask is None else lens, h0=p.h0, c0=p.c0, dtype=opts.dtype,
+                   device=opts.device, quantities=picked, sink=sink, progress=progress)
         if chunk is None:
-            trace_lstm(spec, params, seqs.data, **run)
+            trace_lstm(spec, params, data, **run)
         else:
-            stream_trace(spec, params, seqs.read_steps, batch=seqs.batch, time=seqs.time, chunk_size=chunk,
+            stream_trace(spec, params, read_steps, batch=seqs.batch, time=time, chunk_size=chunk,
                          tmp_dir=opts.tmp_dir, **run)
         if seqs.lengths is not None:
             w.put("lengths", seqs.lengths)
-    return TraceOutcome(module, seqs, out_path, meta, layout, notes, threads, summary.result(), chunk)
+    stats = summary.result()
+    if mask is not None:  # where the largest |c| is: a compacted step -> the input step it read
+        pos = mask.positions
+        for d in stats.directions:
+            if d.max_abs_c_at is not None:
+                b, k, u = d.max_abs_c_at
+                d.max_abs_c_at = (b, int(pos[b, k]), u)
+        for r in stats.rows:
+            r.steps = seqs.time
+    return TraceOutcome(module, seqs, out_path, meta, layout, notes + p.warnings, threads, stats, chunk)
+
+
+def _put_compacted(w, name: str, mask: StepMask, start: int, block: np.ndarray, flipped: bool) -> None:
+    """Write a block of compacted steps (``flipped``: each sequence's reversed, per the run lengths) at the input
+    steps they read, in contiguous runs per sequence."""
+    from lstmscope.sequences import unflip_pieces
+
+    pos, counts, run = mask.positions, mask.counts, mask.run_lengths
+    n = block.shape[1]
+    for b in range(block.shape[0]):
+        if flipped:
+            pieces = [(lo, hi, at, rev) for lo, hi, at, rev in unflip_pieces(run[b], start, n)]
+        else:
+            pieces = [(0, n, start, False)]
+        for lo, hi, at, rev in pieces:
+            rows = block[b, lo:hi][::-1] if rev else block[b, lo:hi]
+            ks = np.arange(at, at + hi - lo)
+            keep = ks < counts[b]  # compacted padding (and a wholly masked sequence's throwaway step): not data
+            if not keep.any():
+                continue
+            ks, rows = ks[keep], rows[keep]
+            ts = pos[b, ks]
+            cuts = np.nonzero(np.diff(ts) != 1)[0] + 1
+            for a, z in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [ts.size]])):
+                w.put_row_steps(name, b, int(ts[a]), rows[a:z])
+
+
+def _fill_skipped(w, name: str, mask: StepMask, dtype: np.dtype, width: int) -> None:
+    """NaN at every step a mask skipped (the writer's file is zeros until written)."""
+    for b in range(mask.batch):
+        skipped = np.flatnonzero(~mask.valid[b])
+        if not skipped.size:
+            continue
+        cuts = np.nonzero(np.diff(skipped) != 1)[0] + 1
+        for run in np.split(skipped, cuts):
+            for a in range(int(run[0]), int(run[-1]) + 1, 4096):
+                m = min(int(run[-1]) + 1, a + 4096) - a
+                w.put_row_steps(name, b, a, np.full((m, width), np.nan, dtype=dtype))

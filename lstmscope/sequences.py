@@ -6,6 +6,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ LAYOUT_BATCH_FIRST = "batch_first"  # (B, T, F)
 LAYOUT_TIME_MAJOR = "time_major"  # (T, B, F)
 LAYOUT_SINGLE = "single"  # (T, F): one sequence, run as a batch of 1
 
-_DATA_KEYS = ("x", "inputs", "input", "sequences", "sequence", "data", "features")
+_DATA_KEYS = ("x", "inputs", "input", "sequences", "sequence", "data", "features", "ids", "input_ids", "token_ids", "tokens")
 _LENGTH_KEYS = ("lengths", "lens", "seq_lengths")
 _FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
 
@@ -25,21 +26,33 @@ _FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 @dataclass
 class Sequences:
     """A validated batch of input sequences. The array stays on disk until it is read: all at once
-    (``data``) or a few time steps at a time (``read_steps``, for streamed runs)."""
+    (``data``) or a few time steps at a time (``read_steps``, for streamed runs).
+
+    Token ids (an integer file: (B, T), (T, B) with ``--time-major``, or (T,) one sequence) are held as ids
+    until an embedding is attached (``attach_embedding``); from then on ``data`` and ``read_steps`` give the
+    embedded features, and ``ids`` the ids."""
 
     path: Path
     key: str | None  # array name inside an .npz, None for .npy
-    source: "DiskArray | np.ndarray"  # the array as the file stores it: (B, T, F), (T, B, F) or (T, F)
+    source: "DiskArray | np.ndarray"  # the array as the file stores it: (B, T, F), (T, B, F) or (T, F); ids: no F
     layout: str  # how the file stored it: "batch_first", "time_major" or "single"
     lengths: np.ndarray | None  # (B,) int64, each in 1..T, or None when every sequence is T long
     lengths_source: str | None  # where the lengths came from ("x.npz[lengths]", "lens.npy")
     sha256: str  # of the input file's bytes
     _data: np.ndarray | None = None
+    tokens: bool = False  # the file holds integer token ids
+    embedding: np.ndarray | None = None  # (vocab, width) once attached (token inputs)
+    embedding_ref: Any = None  # lstmscope.tokens.EmbeddingRef of the attached matrix
+    _ids: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(batch, time, features) whatever the file's layout."""
+        """(batch, time, features) whatever the file's layout (token ids: features is the embedding's width, 0
+        before one is attached)."""
         s = self.source.shape
+        if self.tokens:
+            f = 0 if self.embedding is None else int(self.embedding.shape[1])
+            s = (*s, f)
         if self.layout == LAYOUT_SINGLE:
             return 1, s[0], s[1]
         if self.layout == LAYOUT_TIME_MAJOR:
@@ -59,9 +72,36 @@ class Sequences:
         return self.shape[2]
 
     @property
+    def ids(self) -> np.ndarray:
+        """Token ids as (B, T) int64 (token inputs only), read once."""
+        if not self.tokens:
+            raise ValueError("not a token input")
+        if self._ids is None:
+            arr = self.source.read() if isinstance(self.source, DiskArray) else np.asarray(self.source)
+            arr = arr[None] if self.layout == LAYOUT_SINGLE else arr.T if self.layout == LAYOUT_TIME_MAJOR else arr
+            if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2 ** 63:  # would wrap to negative in int64
+                raise InputError(f"{self.display_name} holds a token id of 2**63 or more; no vocabulary is that large")
+            self._ids = np.ascontiguousarray(arr, dtype=np.int64)
+        return self._ids
+
+    def attach_embedding(self, matrix: np.ndarray, ref) -> None:
+        """Look token ids up in ``matrix`` (vocab, width) from now on; InputError for an id out of range."""
+        from lstmscope.tokens import check_ids
+
+        check_ids(self.ids, matrix.shape[0], self.display_name, time_major=self.layout == LAYOUT_TIME_MAJOR,
+                  single=self.layout == LAYOUT_SINGLE)
+        self.embedding, self.embedding_ref, self._data = matrix, ref, None
+
+    def read_ids(self, start: int, stop: int) -> np.ndarray:
+        return self.ids[:, start:stop]
+
+    @property
     def data(self) -> np.ndarray:
         """The whole input as a (B, T, F) batch-first view (time-major files are transposed, not copied)."""
         if self._data is None:
+            if self.tokens:
+                self._data = self.read_steps(0, self.time)
+                return self._data
             arr = self.source.read() if isinstance(self.source, DiskArray) else self.source
             self._data = arr[None] if self.layout == LAYOUT_SINGLE else (
                 arr.transpose(1, 0, 2) if self.layout == LAYOUT_TIME_MAJOR else arr)
@@ -69,6 +109,14 @@ class Sequences:
 
     def read_steps(self, start: int, stop: int) -> np.ndarray:
         """Time steps start..stop-1 of every sequence, (B, stop - start, F), read from disk by position."""
+        if self.tokens:
+            if self.embedding is None:
+                raise ValueError("token ids need an embedding attached before they are read as features")
+            if self._data is not None:
+                return self._data[:, start:stop]
+            from lstmscope.tokens import lookup
+
+            return lookup(self.embedding, self.read_ids(start, stop))
         src = self.source
         if self._data is not None or not isinstance(src, DiskArray) or src.fortran_order:
             return self.data[:, start:stop]
@@ -152,16 +200,28 @@ def load_sequences(
             raise InputError(f"{path} is a .npy file holding one array; --key applies to .npz files only")
         arr = obj
     where = f"{path.name}[{key}]" if key else path.name
-    arr = _check_array(arr, where, time_major)
-    if arr.ndim == 2:
-        if time_major:
-            raise InputError(f"{where} is 2-D (T, F), one sequence; --time-major applies to 3-D (T, B, F) input")
-        layout = LAYOUT_SINGLE
+    if arr.dtype.kind in "iu":  # token ids: (B, T), (T, B) with --time-major, or (T,) one sequence
+        tokens = True
+        _check_ids_array(arr, where, time_major)
+        if arr.ndim == 1:
+            if time_major:
+                raise InputError(f"{where} is 1-D (T,), one sequence of token ids; --time-major applies to 2-D "
+                                 "(T, B) ids")
+            layout = LAYOUT_SINGLE
+        else:
+            layout = LAYOUT_TIME_MAJOR if time_major else LAYOUT_BATCH_FIRST
     else:
-        layout = LAYOUT_TIME_MAJOR if time_major else LAYOUT_BATCH_FIRST
-    seqs = Sequences(path, key, arr, layout, None, None, "")
+        tokens = False
+        arr = _check_array(arr, where, time_major)
+        if arr.ndim == 2:
+            if time_major:
+                raise InputError(f"{where} is 2-D (T, F), one sequence; --time-major applies to 3-D (T, B, F) input")
+            layout = LAYOUT_SINGLE
+        else:
+            layout = LAYOUT_TIME_MAJOR if time_major else LAYOUT_BATCH_FIRST
+    seqs = Sequences(path, key, arr, layout, None, None, "", tokens=tokens)
     b, t, f = seqs.shape
-    if expected_features is not None and f != expected_features:
+    if expected_features is not None and not tokens and f != expected_features:
         lay = {"single": "(T, F)", "batch_first": "(B, T, F)", "time_major": "(T, B, F)"}[layout]
         raise InputError(
             f"{where} has {f} features per step (read as {lay} {tuple(arr.shape)}) but the LSTM expects "
@@ -205,15 +265,21 @@ def _pick_key(path: Path, arrays: dict, key: str | None) -> str:
     raise InputError(f"{path} holds several arrays ({', '.join(candidates)}) and none is obviously the input; pass --key NAME")
 
 
+def _check_ids_array(arr, where: str, time_major: bool) -> None:
+    if arr.ndim not in (1, 2):
+        raise InputError(f"{where} is {arr.ndim}-D {tuple(arr.shape)} {arr.dtype.name}; token ids are (T,) for one "
+                         f"sequence or {'(T, B)' if time_major else '(B, T)'} for a batch (float features are "
+                         "(B, T, F))")
+    if 0 in arr.shape:
+        raise InputError(f"{where} is empty {tuple(arr.shape)}; nothing to run")
+
+
 def _check_array(arr: np.ndarray, where: str, time_major: bool) -> np.ndarray:
     dt = arr.dtype
     if dt == object:
         raise InputError(f"{where} is an object array; expected float16/float32/float64 sequences")
-    if dt.kind in "iub":
-        raise InputError(
-            f"{where} is {dt.name}; lstmscope feeds float features to the LSTM. Token ids need an embedding "
-            "first: save the embedded float sequences (B, T, F)"
-        )
+    if dt.kind == "b":
+        raise InputError(f"{where} is bool; expected float features (B, T, F) or integer token ids (B, T)")
     if dt.kind == "c":
         raise InputError(f"{where} is complex ({dt.name}); expected real float16/float32/float64 sequences")
     if dt.kind in "US":

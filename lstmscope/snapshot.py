@@ -153,11 +153,15 @@ def _flat(sl: dict, shape: tuple[int, ...]) -> np.ndarray:
 def snapshot_metadata(spec: LSTMSpec, *, batch_size: int, dtype: str, module: str, checkpoint_sha256: str | None,
                       input_sha256: str | None, lengths: np.ndarray | None = None,
                       initial_state_sha256: str | None = None, layout: str = "torch",
-                      feed: dict | None = None) -> dict[str, Any]:
+                      feed: dict | None = None, mask: dict | None = None, embedding=None) -> dict[str, Any]:
     """The ``lstmscope.state`` entry. ``spec`` is the module's whole configuration (LSTMSpec.to_dict());
     the flat architecture fields repeat what v1 readers compare. The "onnx" layout keeps ``feed`` (tensor names,
     shapes and where each (layer, direction) slice lies in them) as ``onnx``, so the file reads back without onnx."""
     extra = {"onnx": {k: feed[k] for k in ("tensors", "slices", "layout", "nodes")}} if layout == "onnx" else {}
+    if mask is not None:  # the steps the run read (StepMask.to_meta): show-state checks output where h landed
+        extra["mask"] = mask
+    if embedding is not None:  # token ids went through this embedding (tokens.EmbeddingRef)
+        extra["embedding"] = embedding.to_dict()
     return {
         **extra,
         "layout": layout,
@@ -253,6 +257,13 @@ class SnapshotWriter:
         for b in range(batch):
             self.f.seek(self.offsets[name] + ((b * time + start) * width) * itemsize)
             self.f.write(self._bytes(name, chunk[b]))
+
+    def put_row_steps(self, name: str, b: int, start: int, rows: np.ndarray) -> None:
+        """Steps start.. of sequence b of a (batch, time, width) tensor, given as (n, width)."""
+        _, (batch, time, width) = self.layout[name]
+        itemsize = np.dtype(self.layout[name][0]).itemsize
+        self.f.seek(self.offsets[name] + ((b * time + start) * width) * itemsize)
+        self.f.write(self._bytes(name, rows))
 
     def put_reversed_steps(self, name: str, start: int, chunk: np.ndarray, lengths: np.ndarray) -> None:
         """Steps start.. (``chunk`` (batch, n, width)) written with each sequence's own valid steps reversed:

@@ -56,13 +56,29 @@ def diff_traces(a: TraceFile, b: TraceFile, *, atol: float = DEFAULT_ATOL, rtol:
     if not res.comparable:
         return res
     lengths = a.lengths if a.lengths is not None else b.lengths
+    valid = _meaningful(a, b, res)
     for key, name in na.items():
         if key in nb:
             layer, d, q = key
             res.rows.append(compare_steps(a.tensors[name], b.tensors[nb[key]], lengths=lengths, atol=atol, rtol=rtol,
                                           equal_nan=equal_nan, tensor=name, layer=layer, direction=DIRECTIONS[d],
-                                          quantity=q))
+                                          quantity=q, valid=valid))
     return res
+
+
+def _meaningful(a: TraceFile, b: TraceFile, res: DiffResult) -> np.ndarray | None:
+    """(batch, time) the steps both traces read, when a mask skipped any in either (None: every step up to the
+    lengths); skipped steps count nowhere. Masks that differ are listed as provenance."""
+    va, vb = a.valid, b.valid
+    if va is None and vb is None:
+        return None
+    if va is not None and vb is not None and not np.array_equal(va, vb):
+        res.provenance["mask"] = [f"{int(va.sum())} steps read", f"{int(vb.sum())} steps read (compared: the "
+                                  f"{int((va & vb).sum())} both read)"]
+    elif va is None or vb is None:
+        res.provenance["mask"] = ["none" if va is None else f"{int(va.sum())} steps read",
+                                  "none" if vb is None else f"{int(vb.sum())} steps read"]
+    return va if vb is None else vb if va is None else va & vb
 
 
 def _lengths(t: TraceFile) -> np.ndarray:
@@ -72,9 +88,11 @@ def _lengths(t: TraceFile) -> np.ndarray:
 
 def compare_steps(x: "DiskArray | np.ndarray", y: "DiskArray | np.ndarray", *, lengths: np.ndarray | None,
                   atol: float, rtol: float, equal_nan: bool, tensor: str, layer: int | None = None,
-                  direction: str | None = None, quantity: str | None = None) -> DiffRow:
+                  direction: str | None = None, quantity: str | None = None,
+                  valid: np.ndarray | None = None) -> DiffRow:
     """One trace row: ``x`` and ``y`` (batch, time, width), compared a block of steps at a time (all batch rows).
-    Elements at steps >= lengths[b] are padding and count nowhere; ``max_abs_diff_at`` is (batch, step, unit)."""
+    Elements at steps >= lengths[b] are padding and count nowhere, nor do steps ``valid`` (batch, time) marks
+    False (a mask skipped them); ``max_abs_diff_at`` is (batch, step, unit)."""
     batch, time, width = x.shape  # (batch, time, width)
     per_step = np.full(time, np.nan)  # (time,) NaN: every sequence is padding there
     over = np.zeros(time, dtype=bool)  # (time,)
@@ -85,8 +103,10 @@ def compare_steps(x: "DiskArray | np.ndarray", y: "DiskArray | np.ndarray", *, l
         e = min(time, s + step)
         xb = _read_steps(x, s, e)  # (batch, n, width) float64
         yb = _read_steps(y, s, e)
-        valid = None if lengths is None else np.arange(s, e)[None, :] < lengths[:, None]  # (batch, n)
-        blk = _step_block(xb, yb, valid, atol, rtol, equal_nan)
+        ok_steps = None if lengths is None else np.arange(s, e)[None, :] < lengths[:, None]  # (batch, n)
+        if valid is not None:
+            ok_steps = valid[:, s:e] if ok_steps is None else ok_steps & valid[:, s:e]
+        blk = _step_block(xb, yb, ok_steps, atol, rtol, equal_nan)
         d = blk.d
         step_max = d.max(axis=(0, 2))  # (n,), -1 where the step is padding everywhere
         per_step[s:e] = np.where(step_max < 0, np.nan, step_max)

@@ -149,6 +149,7 @@ class TraceFile:
     spec: LSTMSpec
     tensors: dict[str, DiskArray]  # name -> (batch, time, width), as trace_layout names them
     lengths: np.ndarray | None  # (batch,) int64, when the input had lengths
+    valid: np.ndarray | None = None  # (batch, time) bool, when a mask skipped steps (they hold NaN)
 
     @property
     def batch(self) -> int:
@@ -228,13 +229,15 @@ def read_trace(path: str | os.PathLike) -> TraceFile:
     except (KeyError, TypeError, ValueError, UsageError) as e:
         raise StateError(f"{path}: the trace metadata is incomplete or invalid ({e})") from None
     tensors: dict[str, DiskArray] = {}
-    lengths = None
+    lengths = valid = None
     for name, (dtype, shape, begin, _) in layout.items():
         if dtype not in NUMPY:
             raise StateError(f"{path}: tensor {name} is {dtype}; a trace holds float16/32/64 tensors")
         a = DiskArray(path, begin, tuple(shape), NUMPY[dtype], error=StateError)
         if name == "lengths":
             lengths = a.read().astype(np.int64).reshape(-1)
+        elif name == "valid":  # (batch, time) 1 where the LSTM read the step, 0 where a mask skipped it
+            valid = a.read().astype(bool)
         else:
             tensors[name] = a
     expected = {tensor_name(spec, layer, d, q) for layer in range(spec.num_layers)
@@ -250,4 +253,6 @@ def read_trace(path: str | os.PathLike) -> TraceFile:
     batch, time = shapes.pop()
     if lengths is not None and (lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time):
         raise StateError(f"{path}: lengths {lengths.tolist()} do not fit (batch {batch}, time {time})")
-    return TraceFile(path, meta, spec, tensors, lengths)
+    if valid is not None and valid.shape != (batch, time):
+        raise StateError(f"{path}: valid {valid.shape} does not fit (batch {batch}, time {time})")
+    return TraceFile(path, meta, spec, tensors, lengths, valid)

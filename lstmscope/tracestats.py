@@ -139,8 +139,9 @@ class TraceSummary:
     them counts as non-finite, and values past them are ignored. Without lengths, NaN is padding.
     """
 
-    def __init__(self, lengths: "np.ndarray | list[int] | None" = None):
+    def __init__(self, lengths: "np.ndarray | list[int] | None" = None, valid: np.ndarray | None = None):
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
+        self._valid = None if valid is None else np.asarray(valid, dtype=bool)  # (batch, time): a mask's steps
         self._keys: dict[tuple[int, str, str], _KeyState] = {}
 
     def add(self, layer: int, direction: str, quantity: str, start: int, block: np.ndarray, *,
@@ -177,7 +178,10 @@ class TraceSummary:
             valid = ~np.isnan(block)
         else:
             t = start + np.arange(steps)
-            valid = np.broadcast_to((t[None, :] < self._lengths[:, None])[:, :, None], block.shape)
+            in_time = t[None, :] < self._lengths[:, None]  # (batch, steps)
+            if self._valid is not None and not flipped:
+                in_time = in_time & self._valid[:, start:start + steps]
+            valid = np.broadcast_to(in_time[:, :, None], block.shape)
             finite &= valid
         st.non_finite += (valid & ~finite).sum(axis=(0, 1))
         st.count += finite.sum(axis=(0, 1))
@@ -257,7 +261,7 @@ def summarize_trace(trace, block_bytes: int = 1 << 24) -> TraceStats:
     processing order is placed back in input time (the place of the largest |c| is an input step)."""
     spec = trace.spec
     lengths = trace.lengths if trace.lengths is not None else np.full(trace.batch, trace.time, dtype=np.int64)
-    summary = TraceSummary(lengths=lengths)
+    summary = TraceSummary(lengths=lengths, valid=getattr(trace, "valid", None))
     for layer, direction, quantity in trace.keys():
         a = trace.tensors[trace.name(layer, direction, quantity)]  # (batch, time, width)
         flipped = trace.time_order == "processing" and ((direction == 1) != spec.go_backwards)

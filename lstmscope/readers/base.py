@@ -16,7 +16,9 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from lstmscope.errors import CheckpointError, UsageError
+from lstmscope.masking import MaskRule
 from lstmscope.spec import LSTMSpec
+from lstmscope.tokens import EmbeddingRef
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -39,6 +41,8 @@ class LSTMModule:
     return_sequences: tuple[bool, ...] = ()  # Keras: per layer, whether the layer returns every step
     # ONNX: the nodes' graph facts (lstmscope.readers.onnx.ModuleGraph: .layout, .state_feed(batch)); else None
     graph: Any = field(default=None, compare=False, repr=False)
+    embedding: EmbeddingRef | None = None  # the embedding its input comes from, when the file's graph says so
+    mask: MaskRule | None = None  # how its input is masked (Keras Masking / Embedding(mask_zero=True)), else None
 
     @property
     def prefix(self) -> str:
@@ -80,6 +84,47 @@ class Checkpoint:
     _cell_override: Callable[[LSTMModule, str | None, str | None], LSTMModule] | None = field(default=None, repr=False)
     single_layers: list[LSTMModule] = field(default_factory=list)  # each layer of a stacked Keras chain, alone:
     #                                                  --module accepts them too; inspect lists them under the chain
+    # reads one listed tensor by its key (PyTorch, safetensors: what --embedding names); None: the format has none
+    _tensor: Callable[[str], np.ndarray] | None = field(default=None, repr=False)
+    # reads the matrix of an embedding the graph names (Keras, ONNX); None: the format's graph has none
+    _embedding: Callable[[EmbeddingRef], np.ndarray] | None = field(default=None, repr=False)
+
+    def embedding_candidates(self, module: LSTMModule) -> list[str]:
+        """Listed tensors that could be the (vocab, input_size) embedding feeding ``module`` (2-D floating point,
+        width input_size, not one of its own weights)."""
+        from lstmscope.tokens import candidates
+
+        return candidates(self.tensors, module.spec.input_size, set(module.source.values()))
+
+    def embedding_named(self, key: str, module: LSTMModule, how: str) -> EmbeddingRef:
+        """The listed tensor ``key`` as the module's embedding (``--embedding KEY``), its shape checked."""
+        info = self.tensors.get(key)
+        if info is None:
+            cands = self.embedding_candidates(module)
+            raise UsageError(f"--embedding {key!r}: {self.path.name} has no tensor of that name; "
+                             + (f"candidates (2-D, width {module.spec.input_size}): {', '.join(cands)}" if cands
+                                else f"it has no 2-D tensor of width {module.spec.input_size} (the LSTM's input_size)"))
+        if len(info.shape) != 2 or info.shape[1] != module.spec.input_size or info.shape[0] < 1:
+            raise UsageError(f"--embedding {key!r} is {info.dtype} {_fmt(info.shape)}; module "
+                             f"'{module.display_name}' needs a (vocab, {module.spec.input_size}) matrix (its "
+                             "input_size is the embedding's width)")
+        if not (info.dtype.startswith("float") or info.dtype == "bfloat16"):
+            raise UsageError(f"--embedding {key!r} is {info.dtype}; an embedding matrix is floating point")
+        return EmbeddingRef(key, key, info.shape[0], info.shape[1], info.dtype, how=how)
+
+    def embedding_matrix(self, ref: EmbeddingRef) -> np.ndarray:
+        """The (vocab, width) matrix of ``ref``, floating point (bfloat16 widened to float32)."""
+        if self._embedding is not None and (self._tensor is None or ref.source not in self.tensors):
+            m = self._embedding(ref)
+        elif self._tensor is not None:
+            m = self._tensor(ref.source)
+        else:
+            raise CheckpointError(f"{self.path}: cannot read embedding {ref.name!r} from a {self.format} file")
+        m = np.asarray(m)
+        if m.shape != (ref.vocab, ref.width) or m.dtype.kind != "f":
+            raise CheckpointError(f"{self.path}: embedding {ref.name!r} is {m.dtype} {_fmt(m.shape)}; expected "
+                                  f"floating point {_fmt((ref.vocab, ref.width))}")
+        return m
 
     def module(self, wanted: str | None) -> LSTMModule:
         try:

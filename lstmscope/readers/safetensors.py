@@ -30,7 +30,8 @@ def read(path: Path, fmt: str) -> Checkpoint:
         return {name: read_tensor(path, header[key], key) for name, key in module.source.items()}
 
     return Checkpoint(path=path, format=SAFETENSORS, sha256=file_sha256(path), tensors=tensors, modules=modules,
-                      _parameters=parameters, other_recurrent=others)
+                      _parameters=parameters, other_recurrent=others,
+                      _tensor=lambda key: read_tensor(path, header[key], key))
 
 
 Layout = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype name, shape, first byte, end byte)

@@ -48,7 +48,8 @@ def read(path: Path, fmt: str) -> Checkpoint:
 
     return Checkpoint(path=path, format=TORCH_LEGACY if fmt == TORCH_LEGACY else TORCH_ZIP, sha256=file_sha256(path),
                       tensors=tensors, modules=modules, _parameters=parameters, other_recurrent=others,
-                      stubbed_globals=stubbed, refused_calls=refused)
+                      stubbed_globals=stubbed, refused_calls=refused,
+                      _tensor=lambda key: _numpy(load([key])[key]))
 
 
 def _numpy(t) -> np.ndarray:

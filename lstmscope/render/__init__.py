@@ -252,7 +252,16 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
         table.add_row(layer, _dir(view, r.direction), sl, Text(view.output_position(r.direction, layer=r.layer)), _num(c.max_abs_diff, ".1e"), mark)
     console.print(table)
     notes = []
-    if view.checks and len(set(view.last_steps.tolist())) > 1:
+    if view.masked and view.checks:
+        last = view.last_steps.tolist()
+        where = "the step where the last step read lands" if view.spec.go_backwards and view.keras else \
+            "each sequence's last valid step"
+        notes.append(f"last[b] = {last}: {where} (masked steps are skipped)"
+                     + ("; -1: every step masked, h is the initial state." if -1 in last else "."))
+        if view.first_steps is not None and (view.spec.bidirectional or view.onnx and view.spec.go_backwards):
+            notes.append(f"first[b] = {view.first_steps.tolist()}: each sequence's first valid step, where the "
+                         "backward direction ends.")
+    elif view.checks and len(set(view.last_steps.tolist())) > 1:
         notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
     if len(view.checks) < len(view.rows) and hint:
         notes.append(hint.replace("output holds", f"{view.output_name} holds") if view.keras or view.onnx else hint)
@@ -313,10 +322,13 @@ def render_view(console: Console, view: StateView, output_shape: list[int] | Non
 def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LSTMModule, input_name: str,
                       layout: str, batch: int, time: int, features: int, dtype: str, lengths_text: str | None,
                       initial_state: str | None = None, chunk_size: int | None = None, engine: str | None = None,
-                      notes: tuple[str, ...] = ()) -> None:
+                      notes: tuple[str, ...] = (), embedding=None, mask=None) -> None:
     lay = {"batch_first": "(batch, time, features), batch_first",
            "time_major": "(time, batch, features), --time-major",
            "single": "(time, features): one sequence, run as batch 1"}[layout]
+    if embedding is not None:
+        lay = {"batch_first": "token ids (batch, time)", "time_major": "token ids (time, batch), --time-major",
+               "single": "token ids (time,): one sequence, run as batch 1"}[layout]
     grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
@@ -324,14 +336,22 @@ def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LS
     grid.add_row("", Text(describe_spec(module.spec)))
     for note in notes:
         grid.add_row("", Text(note, style="dim"))
-    grid.add_row("Input", Text.assemble(input_name, (f"  batch {batch}, time {time}, features {features}", "")))
+    what = f"token ids, embedded to {features} features" if embedding is not None else f"features {features}"
+    grid.add_row("Input", Text.assemble(input_name, (f"  batch {batch}, time {time}, {what}", "")))
     ran = {"fused": " on nn.LSTM (fused)", "stepwise": " on the stepwise cell (nn.LSTM cannot run this cell)"}.get(engine or "", "")
     grid.add_row("", Text(f"read as {lay}; ran in {dtype}{ran}"))
+    if embedding is not None:
+        grid.add_row("Embedding", Text(f"{embedding.describe()}, from {embedding.source} ({embedding.how})"))
     if chunk_size:
         chunks = -(-time // chunk_size)
         grid.add_row("", Text(f"streamed: {chunks:,} chunks of {chunk_size:,} steps, (h, c) carried across them"))
     if lengths_text:
         grid.add_row("Lengths", Text(lengths_text))
+    if mask is not None:
+        grid.add_row("Mask", Text(mask.source))
+        fill = ("the previous output again (zeros before the first)" if mask.fill == "repeat" else "zeros")
+        grid.add_row("", Text(f"valid steps per sequence {mask.counts.tolist()}; skipped steps keep the state, "
+                              f"and the output there is {fill}"))
     if initial_state:
         grid.add_row("Seeded", Text(f"h0, c0 from {initial_state}"))
     console.print(grid)
@@ -348,7 +368,7 @@ def render_run(console: Console, outcome) -> None:
         input_name=seqs.display_name, layout=seqs.layout, batch=seqs.batch, time=seqs.time,
         features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
         initial_state=outcome.initial_state_path, chunk_size=outcome.chunk_size, engine=outcome.engine,
-        notes=outcome.module.notes,
+        notes=outcome.module.notes, embedding=seqs.embedding_ref, mask=outcome.mask,
     )
     render_view(console, view, view.output_shape(outcome.output_width), return_sequences=outcome.module.return_sequences)
 

@@ -113,11 +113,15 @@ def _checkpoint(path: Path, fmt: str, found: _Listing) -> Checkpoint:
         return with_activations(module, activation=activation, recurrent_activation=recurrent_activation,
                                 keras_version=found.version)
 
+    def embedding(ref) -> np.ndarray:
+        shape = (ref.vocab, ref.width)
+        return _isolated(path, lambda: _Reader(path).guarded(lambda r: r.load_embedding(fmt, ref.source, shape)))
+
     return Checkpoint(path=path, format=found.kind, sha256=file_sha256(path), tensors=found.tensors,
                       modules=[m for m, _ in modules], _parameters=parameters, other_recurrent=found.others,
                       notes=found.notes, no_lstm_hint=hint, framework_version=found.version,
                       producer=None if found.version is None else f"Keras {found.version}",
-                      single_layers=[m for m, _ in singles], _cell_override=cell_override)
+                      single_layers=[m for m, _ in singles], _cell_override=cell_override, _embedding=embedding)
 
 
 def _isolated(path: Path, fn: Callable[[], Any]) -> Any:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lstmscope.masking import MaskRule
 from lstmscope.spec import Activation
+from lstmscope.tokens import EmbeddingRef
 
 MAX_DEPTH, MAX_OBJECTS = 64, 200_000  # nesting and size limits for configs and HDF5 trees
 
@@ -39,6 +41,8 @@ class _Layer:
     notes: list[str] = field(default_factory=list)
     feeder: str | None = None  # the layer whose output it takes (identity layers skipped), same container
     masked_by: str | None = None
+    mask_rule: MaskRule | None = None  # the mask Keras computes for its input, when a Masking/Embedding makes it
+    embedding: EmbeddingRef | None = None  # the Embedding layer feeding it (identity layers skipped)
     container: int = 0  # which container it sits in (layers chain only within one)
 
     @property

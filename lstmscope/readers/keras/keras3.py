@@ -91,12 +91,23 @@ class _Keras3:
         used: dict[str, int] = {}
         container = self.r.new_container()
         found: list[_Layer] = []
+        paths: dict[str, str] = {}
         for e, cls, name in counted:
             if _is_operation(e):  # keras.ops nodes of a functional graph are not layers: no weights, no counter
                 continue
             path = f"{at}/{_unique(_snake(cls), used)}"
+            paths[name] = path
             found += self.r.add_layers(self.layer(e, cls, name, path, where, depth), container)
-        _link(entries, found, is_sequential)
+        _link(entries, found, is_sequential, lambda name: self.embedding(paths.get(name)))
+
+    def embedding(self, path: str | None) -> tuple[str, tuple[int, ...], str] | None:
+        """An Embedding layer's matrix at ``path`` (its one variable): (HDF5 name, shape, dtype), or None."""
+        variables = self.tree.variables(path) if path else []
+        if len(variables) != 1:
+            return None
+        p, ds = variables[0]
+        shape, dtype, h5name = self.r.dataset(ds, p)
+        return h5name, shape, dtype
 
     def layer(self, lc: dict, cls: str, name: str, path: str, where: tuple[str, ...], depth: int) -> list[_Layer]:
         if not _builtin(lc):

@@ -46,7 +46,17 @@ class _Legacy:
         found: list[_Layer] = []
         for e, cls, name in entries:
             found += self.r.add_layers(self.layer(e, cls, name, where, depth), container)
-        _link(entries, found, is_sequential)
+        _link(entries, found, is_sequential, lambda name: self.embedding(name, where))
+
+    def embedding(self, name: str, where: tuple[str, ...]) -> tuple[str, tuple[int, ...], str] | None:
+        """An Embedding layer's matrix (its one weight): (HDF5 name, shape, dtype), or None."""
+        if not where and self.listed and name not in self.listed:
+            return None
+        weights = self.weights_of(name, where)
+        if len(weights) != 1:
+            return None
+        _, shape, dtype, h5name = weights[0]
+        return h5name, shape, dtype
 
     def layer(self, lc: dict, cls: str, name: str, where: tuple[str, ...], depth: int) -> list[_Layer]:
         if not _builtin(lc):

@@ -10,8 +10,10 @@ import numpy as np
 from lstmscope.readers.base import LSTMModule
 from lstmscope.readers.keras.config import _IDENTITY
 from lstmscope.readers.keras.found import _Dir, _Layer
+from lstmscope.masking import MaskRule
 from lstmscope.readers.keras.hdf5 import _read_dataset
 from lstmscope.spec import LSTMSpec
+from lstmscope.tokens import EmbeddingRef
 
 
 # --- the graph: which layer feeds which, chains, masking ----------------------------------------------------------
@@ -57,8 +59,11 @@ def _keras_tensors(value: Any, depth: int = 0) -> Iterator[tuple[str, int]]:
             yield from _keras_tensors(v, depth + 1)
 
 
-def _link(entries: list[tuple[dict, str, str]], found: list[_Layer], is_sequential: bool) -> None:
-    """Set each found layer's feeder (skipping identity layers) and what masks its input, within one container."""
+def _link(entries: list[tuple[dict, str, str]], found: list[_Layer], is_sequential: bool,
+          embedding_weights: Callable[[str], tuple[str, tuple[int, ...], str] | None] | None = None) -> None:
+    """Set each found layer's feeder (skipping identity layers), the Embedding it reads (``embedding_weights(name)``
+    gives an Embedding layer's matrix as (dataset path, shape, dtype), or None) and what masks its input, within
+    one container."""
     by_name = {name: (lc, cls) for lc, cls, name in entries}
     order = [name for _, _, name in entries]
     lstm_names = {layer.name: layer for layer in found}
@@ -81,26 +86,37 @@ def _link(entries: list[tuple[dict, str, str]], found: list[_Layer], is_sequenti
             extra, masked, seen = extra or more, masked or m2, seen + 1
         return (src if src in by_name else None), extra, masked
 
-    def mask_source(name: str, depth: int = 0) -> str | None:
+    def mask_source(name: str, depth: int = 0) -> tuple[str | None, MaskRule | None]:
+        """(what masks the layer's input, the rule when Keras computes the mask from the model's input here)."""
         src, _, masked = walk_back(name)
         if src is None or depth > len(order):
-            return "a mask passed to it" if masked else None
+            return ("a mask passed to it" if masked else None), None
         lc, cls = by_name[src]
         cfg = lc.get("config") if isinstance(lc.get("config"), dict) else {}
         if cls == "Masking":
-            return f"{src} (Masking, mask_value {cfg.get('mask_value', 0.0)})"
+            value = cfg.get("mask_value", 0.0)
+            text = f"{src} (Masking, mask_value {value})"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return text, (MaskRule("value", float(value), text) if ok and depth == 0 else None)
         if cls == "Embedding" and cfg.get("mask_zero") is True:
-            return f"{src} (Embedding, mask_zero=True)"
+            text = f"{src} (Embedding, mask_zero=True)"
+            return text, (MaskRule("zero_id", 0.0, text) if depth == 0 else None)
         if src in lstm_names and lstm_names[src].return_sequences:
-            return mask_source(src, depth + 1)
-        return "a mask passed to it" if masked else None
+            return mask_source(src, depth + 1)[0], None
+        return ("a mask passed to it" if masked else None), None
 
     for layer in found:
         if layer.name not in by_name:
             continue
         src, extra, _ = walk_back(layer.name)
         layer.feeder = None if extra else src
-        layer.masked_by = mask_source(layer.name)
+        layer.masked_by, layer.mask_rule = mask_source(layer.name)
+        if src is not None and not extra and by_name[src][1] == "Embedding" and embedding_weights is not None:
+            cfg = by_name[src][0].get("config") if isinstance(by_name[src][0].get("config"), dict) else {}
+            got = embedding_weights(src)
+            if got is not None and len(got[1]) == 2 and got[1][1] == layer.input_size:
+                layer.embedding = EmbeddingRef(src, got[0], got[1][0], got[1][1], got[2],
+                                               mask_zero=cfg.get("mask_zero") is True)
 
 
 def _stack_mismatch(a: _Layer, b: _Layer) -> str | None:
@@ -181,13 +197,15 @@ def _module(name: str, chain: list[_Layer]) -> LSTMModule:
         for d, suffix in zip(layer.dirs, ("", "_reverse")):
             source.update(_sources(d, f"l{k}{suffix}", layer.use_bias))
     notes: list[str] = []
-    if head.masked_by:
-        notes.append(f"input is masked by {head.masked_by}; lstmscope runs every step (masking comes with token inputs)")
+    if head.masked_by and head.mask_rule is None:
+        notes.append(f"input is masked by {head.masked_by}, which lstmscope cannot compute from this module's input; "
+                     "it runs every step (--mask-value V masks steps whose features all equal V)")
     for layer in chain:
         prefix = f"{layer.name}: " if len(chain) > 1 else ""
         notes += [prefix + n for n in layer.notes if prefix + n not in notes]
     returns = tuple(x.return_sequences for x in chain) if all(x.return_sequences is not None for x in chain) else ()
-    return LSTMModule(name=name, spec=spec, source=source, notes=tuple(notes), return_sequences=returns)
+    return LSTMModule(name=name, spec=spec, source=source, notes=tuple(notes), return_sequences=returns,
+                      embedding=head.embedding, mask=head.mask_rule)
 
 
 def _sources(d: _Dir, k: str, use_bias: bool) -> dict[str, str]:

@@ -17,7 +17,7 @@ from lstmscope.errors import CheckpointError, clean_message
 from lstmscope.readers.base import TensorInfo
 from lstmscope.readers.keras.config import _builtin, _is_keras3
 from lstmscope.readers.keras.found import _Dir, _fail, _Layer, _Refused
-from lstmscope.readers.keras.hdf5 import _attr_text, _child
+from lstmscope.readers.keras.hdf5 import _attr_text, _child, _read_dataset
 from lstmscope.readers.keras.keras3 import _Keras3, _Tree
 from lstmscope.readers.keras.legacy import _Legacy
 from lstmscope.readers.keras.modules import _load
@@ -78,6 +78,12 @@ class _Reader:
         if fmt == KERAS_ZIP:
             self._open_zip()
         return _load(self._h5, layers)
+
+    def load_embedding(self, fmt: str, h5name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if fmt == KERAS_ZIP:
+            self._open_zip()
+        with self._h5() as f:
+            return _read_dataset(f, h5name, shape)
 
     def _h5(self):
         import h5py

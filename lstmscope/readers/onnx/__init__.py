@@ -36,10 +36,11 @@ from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.onnx import graph as _graph
 from lstmscope.readers.onnx.feeds import state_feed
-from lstmscope.readers.onnx.nodes import Node, canonical, chain_to, read_node, sources
-from lstmscope.readers.onnx.proto import _Refused, check_tensor, load_model
+from lstmscope.readers.onnx.nodes import CHAIN_MAX, Node, canonical, chain_to, read_node, sources
+from lstmscope.readers.onnx.proto import _Refused, check_tensor, load_model, tensor_values
 from lstmscope.sniff import ONNX
 from lstmscope.spec import LSTMSpec
+from lstmscope.tokens import EmbeddingRef
 
 # The package: this module holds read() and builds the modules; the rest is
 #   proto.py  the protobuf, tensors, external data
@@ -85,6 +86,7 @@ def _read(path: Path) -> Checkpoint:
     opsets = list(model.opset_import)
     version = next((int(o.version) for o in opsets if o.domain in ("", "ai.onnx")), None)
     tensors: dict[str, TensorInfo] = {}
+    initializers: dict[str, Any] = {}
     nodes: list[Node] = []
     others: list[str] = []
     ops: dict[str, int] = {}
@@ -94,6 +96,7 @@ def _read(path: Path) -> Checkpoint:
         for name, t in g.initializers.items():
             shape, dtype = check_tensor(t, f"initializer '{prefix}{name}'", base_dir)
             tensors[prefix + name] = TensorInfo(shape, dtype)
+            initializers[prefix + name] = t
         for proto in g.proto.node:
             ops[proto.op_type] = ops.get(proto.op_type, 0) + 1
             if proto.domain not in ("", "ai.onnx"):
@@ -126,9 +129,12 @@ def _read(path: Path) -> Checkpoint:
 
     who = " ".join(v for v in (model.producer_name, model.producer_version) if v)
     producer = ", ".join(v for v in (who, None if version is None else f"ONNX opset {version}") if v) or None
+    def tensor(key: str) -> np.ndarray:
+        return _guarded(path, lambda: tensor_values(initializers[key], f"initializer '{key}'", base_dir))
+
     return Checkpoint(path=path, format=ONNX, sha256=file_sha256(path), tensors=tensors, modules=modules,
                       _parameters=parameters, other_recurrent=others, no_lstm_hint=hint, single_layers=singles,
-                      producer=producer)
+                      producer=producer, _tensor=tensor)
 
 
 def _hint(others: list[str], ops: dict[str, int]) -> str:
@@ -207,5 +213,41 @@ def _module(name: str, chain: list[Node], opsets: list, base_dir: Path) -> LSTMM
         if node.refusal and not any(n.endswith("run refused") for n in node.notes):
             notes.append(f"{prefix}run refused: {node.refusal}")
     return LSTMModule(name=name, spec=spec, source=source, notes=tuple(dict.fromkeys(notes)),
-                      graph=ModuleGraph(tuple(chain), tuple(opsets), base_dir))
+                      graph=ModuleGraph(tuple(chain), tuple(opsets), base_dir), embedding=_embedding(head, base_dir))
+
+
+EMBEDDING_PATH_OPS = frozenset({"Transpose", "Identity", "Dropout"})  # between a Gather and the LSTM's X
+
+
+def _embedding(node: Node, base_dir: Path) -> EmbeddingRef | None:
+    """The embedding the node's X comes from: a Gather (axis 0) of a 2-D floating-point initializer of width
+    input_size, reached through at most a few layout ops."""
+    g, name = node.graph, node.proto.input[0] if node.proto.input else ""
+    for _ in range(CHAIN_MAX + 1):
+        found = g.find(name) if name else None
+        if found is None or found[1] != "node":
+            return None
+        scope, _ = found
+        producer, _ = scope.producers[name]
+        if producer.domain not in ("", "ai.onnx"):
+            return None
+        if producer.op_type in EMBEDDING_PATH_OPS and producer.input:
+            g, name = scope, producer.input[0]
+            continue
+        if producer.op_type != "Gather" or len(producer.input) != 2:
+            return None
+        axis = next((a.i for a in producer.attribute if a.name == "axis"), 0)
+        table = scope.find(producer.input[0])
+        if axis != 0 or table is None or table[1] != "initializer":
+            return None
+        t = table[0].initializers[producer.input[0]]
+        try:
+            shape, dtype = check_tensor(t, f"initializer '{producer.input[0]}'", base_dir)
+        except (_Refused, CheckpointError):
+            return None
+        if len(shape) != 2 or shape[1] != node.input_size or not dtype.startswith("float"):
+            return None
+        key = (f"{table[0].path}/" if table[0].path else "") + producer.input[0]
+        return EmbeddingRef(producer.input[0], key, shape[0], shape[1], dtype)
+    return None
 
