@@ -124,7 +124,10 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     ck = read_checkpoint(checkpoint)
     if not ck.modules:
         ck.module(None)  # raises the "holds no LSTM" error
-    read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls, "single_layers": ck.single_layers}
+    cands = {m.name: ck.embedding_candidates(m) for m in ck.modules + ck.single_layers
+             if m.embedding is None and ck._tensor is not None and ck.format != "onnx"}
+    read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls, "single_layers": ck.single_layers,
+            "candidates": cands}
     if json_out:
         sys.stdout.write(dumps(inspect_document(str(checkpoint), ck.sha256, ck.format, ck.modules, **read)) + "\n")
     else:
@@ -593,16 +596,18 @@ def _trace_results(outcome, kept: bool, heatmap, png, picture: dict, force: bool
     file its caller removes afterwards."""
     for note in outcome.notes:
         sys.stderr.write(note + "\n")
+    for warning in outcome.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
     _show_trace(outcome.path, outcome.meta, outcome.layout, outcome.summary, outcome.module.spec,
                 outcome.module.display_name, kept=kept, heatmap=heatmap, png=png, selection=picture.get("selection"),
                 force=force, quiet=quiet, json_out=json_out, input_name=outcome.sequences.display_name,
-                chunk_size=outcome.chunk_size, threads=outcome.threads)
+                chunk_size=outcome.chunk_size, threads=outcome.threads, warnings=outcome.warnings)
 
 
 def _show_trace(path: Path, meta: dict, layout: dict, summary, spec, module_name: str, *, kept: bool = True,
                 heatmap=None, png=None, selection=None, force: bool = False, quiet: bool = False,
                 json_out: bool = False, input_name: str | None = None, chunk_size: int | None = None,
-                threads: int | None = None, verb: str = "Wrote") -> None:
+                threads: int | None = None, verb: str = "Wrote", warnings: list[str] = ()) -> None:
     """A written trace: the PNG (when asked), then the summary and heatmap (or the JSON document)."""
     from lstmscope.fileio import file_sha256
 
@@ -624,6 +629,7 @@ def _show_trace(path: Path, meta: dict, layout: dict, summary, spec, module_name
 
         doc = trace_document(path if kept else None, file_sha256(path) if kept else None, size, meta, layout,
                              summary, chunk_size=chunk_size, threads=threads)
+        doc["warnings"] = list(warnings)
         if written is not None:
             doc["png"] = {"path": str(written.path), "width": written.width, "height": written.height}
         sys.stdout.write(dumps(doc) + "\n")

@@ -245,8 +245,8 @@ def compare_run(o: CompareOptions) -> CompareResult:
     lengths = seqs.lengths
     if mask is not None:  # both sides read the steps A's mask keeps, compacted (see lstmscope.masking)
         data_a, data_b, lengths = mask.compact(data_a), mask.compact(data_b), mask.run_lengths
-        notes.append(f"note: both sides skip the steps masked by {mask.source.split(':')[0]}"
-                     + (" (per step: the steps read, masked ones left out)" if o.per_step else ""))
+        notes.append(f"note: both sides read only the steps A's mask keeps: {mask.source}"
+                     + ("; per step, the steps read are compared (masked ones left out)" if o.per_step else ""))
     h0 = c0 = None
     if o.initial_state is not None:
         from lstmscope.snapshot import fit_state, read_state_file
@@ -302,7 +302,16 @@ def _embedded(ck_a: Checkpoint, mod_a: LSTMModule, ck_b: Checkpoint, mod_b: LSTM
     file has none), float features as they are."""
     from lstmscope.runner import resolve_embedding
 
-    ref_a = resolve_embedding(ck_a, mod_a, seqs, o.embedding, notes)
+    try:
+        ref_a = resolve_embedding(ck_a, mod_a, seqs, o.embedding, notes)
+    except InputError:
+        if not seqs.tokens or ck_b is ck_a or o.embedding is not None:
+            raise
+        ref_b = resolve_embedding(ck_b, mod_b, seqs, None, notes)  # A has none: B's, for both (or B's error)
+        seqs.attach_embedding(ck_b.embedding_matrix(ref_b), ref_b)
+        notes.append(f"note: side A ({ck_a.path.name}) has no embedding of its own that lstmscope finds; both sides "
+                     f"read the ids through B's {ref_b.describe()}")
+        return seqs.data, seqs.data
     if ref_a is None:
         return seqs.data, seqs.data
     seqs.attach_embedding(ck_a.embedding_matrix(ref_a), ref_a)

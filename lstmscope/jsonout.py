@@ -48,21 +48,36 @@ def model_fields(spec: LSTMSpec) -> dict:
     return spec.to_dict()
 
 
-def module_fields(m: LSTMModule) -> dict:
+def module_fields(m: LSTMModule, embedding_candidates: list[str] | None = None) -> dict:
+    """``embedding``: the embedding the module's graph feeds it from (Keras, ONNX), else null; ``mask``: how the
+    file masks its input (Keras), else null; ``embedding_candidates``: a PyTorch file's tensors --embedding may
+    name (2-D, width input_size)."""
     return {"prefix": m.prefix, "name": m.name, **model_fields(m.spec), "parameters": m.spec.parameter_count(),
-            "return_sequences": list(m.return_sequences) or None, "notes": list(m.notes)}
+            "return_sequences": list(m.return_sequences) or None, "notes": list(m.notes),
+            "embedding": None if m.embedding is None else m.embedding.to_dict(),
+            "mask": None if m.mask is None else {"kind": m.mask.kind, "value": m.mask.value, "source": m.mask.source},
+            "embedding_candidates": list(embedding_candidates or [])}
+
+
+def mask_fields(mask) -> dict | None:
+    """A run's mask (lstmscope.masking.StepMask), or None."""
+    if mask is None:
+        return None
+    return {**mask.to_meta(), "masked_steps": int(mask.valid.size - mask.counts.sum())}
 
 
 def inspect_document(path: str, sha256: str, fmt: str, modules: list[LSTMModule], *,
                      stubbed_globals: list[str] = (), refused_calls: list[str] = (),
-                     single_layers: list[LSTMModule] = ()) -> dict:
-    """``stubbed_globals``/``refused_calls``: what a read without running code stubbed and refused ([] otherwise)."""
+                     single_layers: list[LSTMModule] = (), candidates: dict[str, list[str]] | None = None) -> dict:
+    """``stubbed_globals``/``refused_calls``: what a read without running code stubbed and refused ([] otherwise);
+    ``candidates``: module name -> the tensors --embedding may name for it."""
+    cands = candidates or {}
     return {
         "schema": INSPECT_SCHEMA,
         "checkpoint": {"path": path, "sha256": sha256, "format": fmt,
                        "stubbed_globals": list(stubbed_globals), "refused_calls": list(refused_calls)},
-        "modules": [module_fields(m) for m in modules],
-        "single_layers": [module_fields(m) for m in single_layers],
+        "modules": [module_fields(m, cands.get(m.name)) for m in modules],
+        "single_layers": [module_fields(m, cands.get(m.name)) for m in single_layers],
     }
 
 
@@ -105,6 +120,9 @@ def run_document(outcome) -> dict:
             "features": seqs.features,
             "lengths": None if seqs.lengths is None else seqs.lengths.tolist(),
             "run_dtype": result.dtype,
+            "tokens": seqs.tokens,
+            "embedding": None if seqs.embedding_ref is None else seqs.embedding_ref.to_dict(),
+            "mask": mask_fields(outcome.mask),
         },
         "shapes": {
             "output": view.output_shape(outcome.output_width),

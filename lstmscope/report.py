@@ -79,6 +79,7 @@ class StateView:
     first_steps: np.ndarray | None = None  # (batch,) where a backward reader's final state sits: 0, or the first
     #                                         valid step under a mask; -1 for a sequence a mask skips wholly
     masked: bool = False  # a mask skipped steps: positions are each sequence's last/first valid step
+    valid: np.ndarray | None = None  # (batch, time) the steps a mask let the LSTM read, when known
     graph_layout: int = 0  # ONNX modules: the nodes' layout attribute (0: Y [T, D, B, H]; 1: Y [B, T, D, H])
 
     @property

@@ -371,6 +371,7 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
         units=opts.units,
     )
     view.masked = mask is not None
+    view.valid = None if mask is None else mask.valid
     if module.graph is not None:
         view.graph_layout = module.graph.layout
     out = RunOutcome(ck, module, seqs, result, view, state_sha,
@@ -486,6 +487,7 @@ class TraceOutcome:
     threads: int = 1
     summary: Any = None  # lstmscope.tracestats.TraceStats of what was written
     chunk_size: int | None = None  # steps per chunk when the trace was streamed
+    warnings: list[str] = field(default_factory=list)  # about the data (stderr and the JSON's warnings)
 
 
 def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = None, order: str = "input",
@@ -580,7 +582,7 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
                 d.max_abs_c_at = (b, int(pos[b, k]), u)
         for r in stats.rows:
             r.steps = seqs.time
-    return TraceOutcome(module, seqs, out_path, meta, layout, notes + p.warnings, threads, stats, chunk)
+    return TraceOutcome(module, seqs, out_path, meta, layout, notes, threads, stats, chunk, p.warnings)
 
 
 def _put_compacted(w, name: str, mask: StepMask, start: int, block: np.ndarray, flipped: bool) -> None:

@@ -223,9 +223,14 @@ def load_sequences(
     b, t, f = seqs.shape
     if expected_features is not None and not tokens and f != expected_features:
         lay = {"single": "(T, F)", "batch_first": "(B, T, F)", "time_major": "(T, B, F)"}[layout]
+        hint = ""
+        if arr.ndim == 2 and arr.size <= 1 << 24:  # a (B, T) batch of token ids saved as floats?
+            a = _read_small(arr)
+            if np.all(np.isfinite(a)) and np.all(a == np.round(a)) and a.min(initial=0) >= 0:
+                hint = "; if these are token ids, save them as integers (ids.astype(np.int64))"
         raise InputError(
             f"{where} has {f} features per step (read as {lay} {tuple(arr.shape)}) but the LSTM expects "
-            f"{expected_features} (input_size of module '{module_name}')"
+            f"{expected_features} (input_size of module '{module_name}'){hint}"
         )
     if lengths_path is not None:
         lp = Path(lengths_path)

@@ -562,12 +562,21 @@ def state_view(state: StateFile, *, num_directions: int | None = None, batch_ind
     time = 0
     last = np.zeros(batch, dtype=np.int64)
     layer_outputs = None
+    first = None
+    mask = (state.meta or {}).get("mask")
     if state.output is not None:
         time = state.output.shape[1]
         last = state.lengths - 1 if state.lengths is not None else np.full(batch, time - 1, dtype=np.int64)
         layer_outputs = {spec.num_layers - 1: state.output}
+        if isinstance(mask, dict) and len(mask.get("last_valid") or ()) == batch:
+            # a masked run: each direction's state is where its last step read landed (lstmscope.masking)
+            last = np.asarray(mask["last_valid"], dtype=np.int64)
+            first = np.asarray(mask["first_valid"], dtype=np.int64)
+            if spec.go_backwards and spec.framework == "keras":  # y in processing order over the reversed axis
+                last = np.where(first >= 0, time - 1 - first, -1)
     view = build_view(spec, state.h_n, state.c_n, last_steps=last, layout="batch_first", time=time,
-                      layer_outputs=layer_outputs, batch_index=batch_index, units=units)
+                      layer_outputs=layer_outputs, batch_index=batch_index, units=units, first_steps=first)
+    view.masked = first is not None
     onnx = (state.meta or {}).get("onnx")
     if isinstance(onnx, dict) and onnx.get("layout") in (0, 1):
         view.graph_layout = onnx["layout"]

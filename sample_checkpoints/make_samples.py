@@ -66,6 +66,7 @@ def main() -> None:
     np.save(HERE / "varlen_lengths.npy", np.array([10, 7, 3, 1], dtype=np.int64))
     np.save(HERE / "tagger_input.npy", rng.standard_normal((2, 6, 8)).astype(np.float32))
     keras_sample()
+    sentiment_sample()
     flipflop_sample()
 
 
@@ -141,7 +142,60 @@ def keras_sample() -> None:
         keras.layers.LSTM(6, name="decoder"),
         keras.layers.Dense(1, name="head"),
     ], name="forecaster")
-    buf = HERE / "forecaster.keras"
+    _save_keras(model, HERE / "forecaster.keras")
+
+
+SENTIMENT_WORDS = ["<pad>", "good", "great", "fun", "love", "fine", "bad", "awful", "dull", "hate", "poor",
+                   "the", "movie", "plot", "was", "and", "a", "not"]  # id 0 is padding (mask_zero)
+
+
+def sentiment_sample() -> None:
+    """sentiment.keras + sentiment_ids.npy: Input(None,) int ids -> Embedding(18, 8, mask_zero=True) -> LSTM(6) ->
+    Dense(1, sigmoid), trained for a few seconds to tell sentences with more of good..fine (ids 1-5) than of
+    bad..poor (6-10) from the others; "not" (17) flips the word after it. The ids are padded at the front, as
+    keras.utils.pad_sequences pads by default, so each sequence's last valid step is the last index and its first
+    valid step differs; the third has a hole (a 0 inside) to show a step skipped in the middle."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n, t = 2048, 10
+    ids = np.zeros((n, t), dtype=np.int64)
+    y = np.zeros(n, dtype=np.float32)
+    for k in range(n):
+        length = int(rng.integers(3, t + 1))
+        words = rng.integers(1, len(SENTIMENT_WORDS), size=length)
+        score, flip = 0, 1
+        for w in words:
+            if w == 17:
+                flip = -1
+                continue
+            score += flip * (1 if 1 <= w <= 5 else -1 if 6 <= w <= 10 else 0)
+            flip = 1
+        ids[k, t - length:] = words  # padding at the front
+        y[k] = float(score > 0)
+    model = keras.Sequential([
+        keras.Input((None,), dtype="int32"),
+        keras.layers.Embedding(len(SENTIMENT_WORDS), 8, mask_zero=True, name="embedding"),
+        keras.layers.LSTM(6, name="lstm"),
+        keras.layers.Dense(1, activation="sigmoid", name="head"),
+    ], name="sentiment")
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="binary_crossentropy", metrics=["accuracy"])
+    model.fit(ids, y, epochs=12, batch_size=64, verbose=0)
+    _save_keras(model, HERE / "sentiment.keras")
+    sentences = [["the", "movie", "was", "great", "fun"],
+                 ["bad", "plot"],
+                 ["not", "good", "<pad>", "and", "dull"],  # a 0 inside: a hole the mask skips
+                 ["the", "plot", "was", "not", "bad", "and", "the", "movie", "was", "fine"]]
+    out = np.zeros((len(sentences), t), dtype=np.int64)
+    for k, words in enumerate(sentences):
+        out[k, t - len(words):] = [SENTIMENT_WORDS.index(w) for w in words]
+    np.save(HERE / "sentiment_ids.npy", out)
+
+
+def _save_keras(model, buf: Path) -> None:
+    """model.save(buf), then the archive made deterministic (save date, zip times, object ids fixed)."""
     model.save(buf)
     members = {}
     with zipfile.ZipFile(buf) as z:

@@ -108,6 +108,9 @@ class Checkpoint:
             raise UsageError(f"--embedding {key!r} is {info.dtype} {_fmt(info.shape)}; module "
                              f"'{module.display_name}' needs a (vocab, {module.spec.input_size}) matrix (its "
                              "input_size is the embedding's width)")
+        if key in module.source.values():
+            raise UsageError(f"--embedding {key!r} is one of module '{module.display_name}''s own LSTM weights, not "
+                             "an embedding")
         if not (info.dtype.startswith("float") or info.dtype == "bfloat16"):
             raise UsageError(f"--embedding {key!r} is {info.dtype}; an embedding matrix is floating point")
         return EmbeddingRef(key, key, info.shape[0], info.shape[1], info.dtype, how=how)

@@ -8,13 +8,15 @@ or an index expression is a ``Text`` so that brackets (``output[b, 0, 16:32]``) 
 
 from __future__ import annotations
 
+import numpy as np
+
 from rich import box
 from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from lstmscope.report import StateView
+from lstmscope.report import DIRECTIONS, StateView
 from lstmscope.readers.base import LSTMModule
 from lstmscope.spec import LSTMSpec
 
@@ -50,9 +52,27 @@ def describe_spec(spec: LSTMSpec) -> str:
     return ", ".join(parts)
 
 
+def token_lines(m: LSTMModule, candidates: list[str] = ()) -> list[str]:
+    """What inspect says of a module's token input: its embedding and mask, or the tensors --embedding may name."""
+    out = []
+    if m.embedding is not None:
+        out.append(f"token ids go through {m.embedding.describe()}")
+    elif candidates:
+        from lstmscope.tokens import named_like_embedding
+
+        named = named_like_embedding(list(candidates))
+        pick = f"; token ids use {named[0]} unless --embedding says" if len(named) == 1 else ""
+        out.append(f"embedding candidates (--embedding KEY): {', '.join(candidates[:6])}"
+                   + (f" and {len(candidates) - 6} more" if len(candidates) > 6 else "") + pick)
+    if m.mask is not None:
+        out.append(f"masked by {m.mask.source}: {m.mask.describe()}")
+    return out
+
+
 def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule], *,
                    stubbed_globals: list[str] = (), refused_calls: list[str] = (),
-                   single_layers: list[LSTMModule] = (), version: str | None = None) -> None:
+                   single_layers: list[LSTMModule] = (), version: str | None = None,
+                   candidates: dict[str, list[str]] | None = None) -> None:
     console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', {version}' if version else ''})"))
     if stubbed_globals or refused_calls:
         console.print(Text("read without running code" + (f": {', '.join(stubbed_globals)}" if stubbed_globals else "")))
@@ -66,6 +86,8 @@ def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModu
     table.add_column("params", justify="right", no_wrap=True)
     for m in modules:
         config = Text(describe_spec(m.spec))
+        for line in token_lines(m, (candidates or {}).get(m.name, [])):
+            config.append(f"\n{line}")
         for note in m.notes:
             config.append(f"\n{note}", style="dim")
         table.add_row(Text(m.display_name), config, f"{m.spec.parameter_count():,}")
@@ -101,7 +123,7 @@ def render_keras_shapes(console: Console, view: StateView, output_shape: list[in
     for r in view.rows:
         for which, arr in (("h", view.h_n), ("c", view.c_n)):
             table.add_row(Text(view.state_label(r, which)), _dims(["batch", "units"], arr[r.index].shape),
-                          "state after the last step" if which == "h" else "")
+                          ("state after the last valid step" if view.masked else "state after the last step") if which == "h" else "")
     console.print(Text("Shapes", style="bold underline"))
     console.print(Text(f"layer(x, return_sequences=True, return_state=True) returns {returns}:", style="dim"))
     console.print(table)
@@ -252,21 +274,55 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
         table.add_row(layer, _dir(view, r.direction), sl, Text(view.output_position(r.direction, layer=r.layer)), _num(c.max_abs_diff, ".1e"), mark)
     console.print(table)
     notes = []
-    if view.masked and view.checks:
-        last = view.last_steps.tolist()
-        where = "the step where the last step read lands" if view.spec.go_backwards and view.keras else \
-            "each sequence's last valid step"
-        notes.append(f"last[b] = {last}: {where} (masked steps are skipped)"
-                     + ("; -1: every step masked, h is the initial state." if -1 in last else "."))
-        if view.first_steps is not None and (view.spec.bidirectional or view.onnx and view.spec.go_backwards):
-            notes.append(f"first[b] = {view.first_steps.tolist()}: each sequence's first valid step, where the "
-                         "backward direction ends.")
-    elif view.checks and len(set(view.last_steps.tolist())) > 1:
+    if view.checks and not view.masked and len(set(view.last_steps.tolist())) > 1:  # masked: render_mask_table
         notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
     if len(view.checks) < len(view.rows) and hint:
         notes.append(hint.replace("output holds", f"{view.output_name} holds") if view.keras or view.onnx else hint)
     for n in notes:
         console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+
+
+MASK_ROWS = 16  # sequences listed in the per-sequence mask table; the rest are counted
+
+
+def _runs(steps: np.ndarray) -> str:
+    """Step indexes as ranges: [0, 1, 2, 5] -> "0-2, 5"."""
+    if steps.size == 0:
+        return "-"
+    cuts = np.nonzero(np.diff(steps) != 1)[0] + 1
+    parts = [f"{int(r[0])}-{int(r[-1])}" if r.size > 1 else str(int(r[0])) for r in np.split(steps, cuts)]
+    return ", ".join(parts[:4]) + (f", ... ({len(parts) - 4} more runs)" if len(parts) > 4 else "")
+
+
+def render_mask_table(console: Console, view: StateView) -> None:
+    """Per sequence: the steps a mask skipped, and the output step each direction's final state equals."""
+    if not view.masked or not view.checks:
+        return
+    last_layer = {c.direction: c for c in view.checks if c.layer == view.spec.num_layers - 1}
+    table = Table(title="Per sequence: which output step holds h", box=box.SIMPLE_HEAD, pad_edge=False,
+                  title_justify="left", title_style="bold")
+    table.add_column("seq", justify="right")
+    table.add_column("read", justify="right")
+    if view.valid is not None:
+        table.add_column("skipped steps", overflow="fold")
+    dirs = [d for d in DIRECTIONS[:view.spec.num_directions] if d in last_layer]
+    for d in dirs:
+        table.add_column(f"{_hc(view)[0]}{'' if len(dirs) == 1 else ' ' + _dir(view, d)} equals", no_wrap=True)
+    batch = view.batch
+    counts = view.valid.sum(axis=1) if view.valid is not None else None
+    for b in range(min(batch, MASK_ROWS)):
+        cells = [str(b), "-" if counts is None else str(int(counts[b]))]
+        if view.valid is not None:
+            cells.append(_runs(np.flatnonzero(~view.valid[b])))
+        for d in dirs:
+            t = last_layer[d].output_time_index[b]
+            cells.append("the initial state (all masked)" if t < 0 else
+                         view.output_position(d, b, layer=view.spec.num_layers - 1))
+        table.add_row(*cells)
+    console.print(table)
+    if batch > MASK_ROWS:
+        console.print(Padding(Text(f"... and {batch - MASK_ROWS} more sequences (--json lists them all)", style="dim"),
+                              (0, 0, 0, 2)))
 
 
 def render_values(console: Console, view: StateView) -> None:
@@ -315,6 +371,7 @@ def render_view(console: Console, view: StateView, output_shape: list[int] | Non
     render_states(console, view)
     if view.checks or output_shape is not None:
         render_checks(console, view, hint)
+    render_mask_table(console, view)
     render_values(console, view)
     render_verdict(console, view)
 

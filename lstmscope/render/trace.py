@@ -133,6 +133,10 @@ def render_trace(console: Console, *, meta: dict, layout: dict, summary, spec, m
 
     stats = summary
     padding = meta["padding"] if meta.get("lengths_sha256") else "no padding"
+    mask = meta.get("mask")
+    if isinstance(mask, dict) and isinstance(mask.get("valid_steps"), list):
+        read = sum(mask["valid_steps"])
+        padding += f"; masked: {read:,} steps read, skipped steps NaN"
     how = (f"module {module_name}, {meta['dtype']}, {meta['time_order']}-time order, {padding}"
            + (f", streamed in chunks of {chunk_size:,} steps" if chunk_size else ""))
     if path is None:
