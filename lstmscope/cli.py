@@ -21,6 +21,14 @@ from lstmscope.errors import EXIT_BAD_INPUT, LstmscopeError, clean_message
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
+class _Command(typer.core.TyperCommand):
+    """Usage lines as users write them: ``lstmscope run [OPTIONS] CHECKPOINT INPUT`` (Typer wraps required
+    arguments in braces)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
 app = typer.Typer(
     name="lstmscope",
     help="Look inside LSTM state: h_n and c_n against output, per layer and direction.\n\n"
@@ -36,9 +44,9 @@ app = typer.Typer(
 
 
 def _stdout():
-    from rich.console import Console
+    from lstmscope.render.console import stdout_console
 
-    return Console(highlight=False)
+    return stdout_console()
 
 
 def _emit(document, render_name: str, *render_args, json_out: bool, quiet: bool = False) -> None:
@@ -106,7 +114,7 @@ def main(
     """
 
 
-CheckpointArg = Annotated[Path, typer.Argument(help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning), .safetensors, Keras .keras/.h5/.weights.h5, or an ONNX model (.onnx).", show_default=False)]
+CheckpointArg = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="LSTM checkpoint: .pt/.pth/.bin/.ckpt (state_dict, wrapped dict, Lightning), .safetensors, Keras .keras/.h5/.weights.h5, or an ONNX model (.onnx).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 ActivationOpt = Annotated[Optional[str], typer.Option("--activation", help="Keras modules: the cell activation (Keras's name: tanh, relu, ...) instead of the file's; for weights-only files, which carry no config.", show_default=False)]
 RecurrentActivationOpt = Annotated[Optional[str], typer.Option("--recurrent-activation", help="Keras modules: the gate activation (sigmoid, hard_sigmoid, ...) instead of the file's or the default taken from keras_version.", show_default=False)]
@@ -114,7 +122,7 @@ LayoutOpt = Annotated[Optional[str], typer.Option("--layout", help="How the snap
 ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="The LSTM to use when the file holds several (see inspect): PyTorch key prefix, Keras layer name, a stack's a+b name, or one layer of a stack.", show_default=False)]
 
 
-@app.command()
+@app.command(cls=_Command, short_help="List the LSTMs in a checkpoint.")
 @guarded
 def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     """List the LSTM modules in a checkpoint with their inferred configuration."""
@@ -136,7 +144,7 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
         render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, version=ck.producer, **read)
 
 
-InputArg = Annotated[Path, typer.Argument(help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]
+InputArg = Annotated[Path, typer.Argument(metavar="INPUT", help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]
 EmbeddingOpt = Annotated[Optional[str], typer.Option("--embedding", help="Token-id input: the (vocab, input_size) tensor the ids are looked up in (see inspect's candidates). Keras and ONNX models name their own; a PyTorch file's only 2-D tensor of width input_size named like an embedding is taken without it.", show_default=False)]
 MaskValueOpt = Annotated[Optional[float], typer.Option("--mask-value", help="Skip every step whose features all equal this value, as a Keras Masking layer does (the state carries through; the final state is the one after the last valid step), also for a model without a mask layer.", show_default=False)]
 NoMaskOpt = Annotated[bool, typer.Option("--no-mask", help="Run every step of a masked model's input, padding included (what Keras would not do).")]
@@ -183,7 +191,7 @@ def _progress(enabled: bool):
     return progress_bar()
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Run sequences; h_n/c_n against output.")
 @guarded
 def run(
     checkpoint: CheckpointArg,
@@ -234,7 +242,7 @@ def run(
         raise typer.Exit(1)
 
 
-@app.command("export-state")
+@app.command("export-state", cls=_Command, short_help="Run, and save the final states.")
 @guarded
 def export_state(
     checkpoint: CheckpointArg,
@@ -249,6 +257,7 @@ def export_state(
     broadcast_state: BroadcastOpt = False,
     include_output: Annotated[bool, typer.Option("--include-output", help="Also store the output sequence (batch, time, directions*hidden); a streamed run writes it chunk by chunk.")] = False,
     layout: LayoutOpt = None,
+    state_dtype: Annotated[Optional[str], typer.Option("--state-dtype", help="Store the states (and output) in this dtype (float16, float32, float64) instead of the run's: e.g. float32 states from a --dtype float64 run, for a float32 nn.LSTM.", show_default=False)] = None,
     force: ForceOpt = False,
     chunk_size: ChunkOpt = None,
     threads: ThreadsOpt = None,
@@ -280,7 +289,8 @@ def export_state(
             threads=threads, device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
             activation=activation, recurrent_activation=recurrent_activation, embedding=embedding,
             mask_value=mask_value, no_mask=no_mask, padding=padding,
-        ), output, include_output=include_output, force=force, progress=progress, layout=layout)
+        ), output, include_output=include_output, force=force, progress=progress, layout=layout,
+            state_dtype=state_dtype)
     _notes(outcome)
     size = path.stat().st_size
     from lstmscope.jsonout import export_document
@@ -291,10 +301,10 @@ def export_state(
         raise typer.Exit(1)
 
 
-@app.command("import-state")
+@app.command("import-state", cls=_Command, short_help="Make a snapshot of a foreign state file.")
 @guarded
 def import_state(
-    file: Annotated[Path, typer.Argument(help="A state file lstmscope did not write: safetensors/.npz with h_n/c_n (or h0/c0), Keras's h and c (or h_f, c_f, h_b, c_b), or a torch file with an (h, c) tuple.", show_default=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A state file lstmscope did not write: safetensors/.npz with h_n/c_n (or h0/c0), Keras's h and c (or h_f, c_f, h_b, c_b), or a torch file with an (h, c) tuple.", show_default=False)],
     output: OutOpt,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The checkpoint the state belongs to (for metadata and shape checks).", show_default=False)],
     module: ModuleOpt = None,
@@ -309,11 +319,12 @@ def import_state(
     the module's own framework's layout unless --layout says.
     """
     from lstmscope.readers import read_checkpoint
-    from lstmscope.fileio import check_target, file_sha256, refuse_overwriting_sources
+    from lstmscope.fileio import check_safetensors_name, check_target, file_sha256, refuse_overwriting_sources
     from lstmscope.snapshot import (check_layout, default_layout, fit_state, read_state_file, snapshot_metadata,
                                     state_tensors, write_snapshot)
 
     refuse_overwriting_sources(output, file, checkpoint)
+    check_safetensors_name(output)
     check_target(output, force)
     ck = read_checkpoint(checkpoint)
     mod = ck.module(module)
@@ -337,11 +348,11 @@ def import_state(
         _stdout().print(f"Wrote {output} from {file} ({state.kind}): {held}, module {mod.display_name}")
 
 
-@app.command("diff-states")
+@app.command("diff-states", cls=_Command, short_help="Compare two snapshots or traces.")
 @guarded
 def diff_states(
-    a: Annotated[Path, typer.Argument(help="State file or trace A.", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="State file or trace B, the reference.", show_default=False)],
+    a: Annotated[Path, typer.Argument(metavar="A", help="State file or trace A.", show_default=False)],
+    b: Annotated[Path, typer.Argument(metavar="B", help="State file or trace B, the reference.", show_default=False)],
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-5,
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance (times |b|).")] = 1.3e-6,
     equal_nan: Annotated[bool, typer.Option("--equal-nan", help="NaN in both files at the same place counts as equal.")] = False,
@@ -371,7 +382,7 @@ def diff_states(
         raise typer.Exit(1)
 
 
-@app.command("compare")
+@app.command("compare", cls=_Command, short_help="Run one input through two sides; diff them.")
 @guarded
 def compare(
     paths: Annotated[list[Path], typer.Argument(metavar="A [B] INPUT", help="Checkpoint A, optionally checkpoint B (the reference; any format, same architecture), and the input sequences (.npy/.npz). Without B, side B is A again in the settings --b-* give.", show_default=False)],
@@ -445,10 +456,10 @@ def compare(
         raise typer.Exit(1)
 
 
-@app.command("show-state")
+@app.command("show-state", cls=_Command, short_help="Show a snapshot or a trace.")
 @guarded
 def show_state(
-    snapshot: Annotated[Path, typer.Argument(help="A state snapshot (.safetensors), an .npz with h_n/c_n, or a trace (lstmscope trace -o).", show_default=False)],
+    snapshot: Annotated[Path, typer.Argument(metavar="FILE", help="A state snapshot (.safetensors), an .npz with h_n/c_n, or a trace (lstmscope trace -o).", show_default=False)],
     batch_index: Annotated[Optional[int], typer.Option("--batch-index", "-b", help="Print this sequence's h_n/c_n values (a trace: the sequence to draw).", show_default=False)] = None,
     units: Annotated[Optional[str], typer.Option("--units", help="Units to print with --batch-index, as START:STOP (default 0:8); a trace: the units to draw (default all).", show_default=False)] = None,
     num_directions: NumDirsOpt = None,
@@ -510,7 +521,7 @@ def _show_trace_file(path: Path, heatmap, layer, direction, batch_index, units, 
     _show_trace(path, t.meta, layout, summarize_trace(t), t.spec, t.meta.get("module") or "(top level)",
                 heatmap=heatmap, png=png, selection=selection, force=force, json_out=json_out, verb="Trace")
 
-@app.command()
+@app.command(cls=_Command, short_help="Every step and gate, to a file.")
 @guarded
 def trace(
     checkpoint: CheckpointArg,

@@ -237,6 +237,7 @@ def compare_run(o: CompareOptions) -> CompareResult:
     token_model = mod_a.embedding is not None or o.embedding is not None
     seqs = load_sequences(o.input, time_major=o.time_major, key=o.key, lengths_path=o.lengths,
                           expected_features=None if token_model else sa.input_size, module_name=mod_a.display_name)
+    notes += seqs.notes
     data_a, data_b = _embedded(ck_a, mod_a, ck_b, mod_b, seqs, o, notes)
     warnings: list[str] = []
     mask = build_mask(mod_a, seqs, o, notes, warnings)

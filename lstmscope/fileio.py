@@ -41,6 +41,21 @@ def check_target(path: Path, force: bool) -> None:
         raise OutputError(f"cannot write {path}: directory {parent} is not writable")
 
 
+OTHER_FORMATS = {".npy": "a NumPy array (np.load)", ".npz": "a NumPy archive (np.load)", ".pt": "a torch file",
+                 ".pth": "a torch file", ".h5": "an HDF5 file", ".keras": "a Keras archive", ".onnx": "an ONNX model",
+                 ".json": "JSON", ".png": "an image"}
+
+
+def check_safetensors_name(path: Path, what: str = "snapshot") -> None:
+    """Refuse an output name that promises another format: lstmscope writes safetensors, which np.load (and
+    torch.load, ...) cannot read, so ``-o out.npy`` would make a file its name lies about."""
+    kind = OTHER_FORMATS.get(Path(path).suffix.lower())
+    if kind is not None:
+        raise OutputError(f"{path}: lstmscope writes the {what} as safetensors, but the name says {kind}; "
+                          f"name it {Path(path).with_suffix('.safetensors').name} (read it with "
+                          "safetensors.numpy.load_file)")
+
+
 def refuse_overwriting_sources(out: Path, *sources) -> None:
     """An output that is one of the command's own inputs would destroy it: refuse, even with --force."""
     for src in sources:

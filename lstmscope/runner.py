@@ -79,6 +79,7 @@ class RunOutcome:
     engine: str = "fused"  # "fused" (nn.LSTM) or "stepwise" (any other cell)
     mask: StepMask | None = None  # the steps the LSTM read, when a mask (or --padding pre) skipped some
     data_warnings: list[str] = field(default_factory=list)  # e.g. a sequence every step of which is masked
+    written: dict[str, tuple[int, ...]] = field(default_factory=dict)  # export-state: tensor -> shape, as written
 
     @property
     def output_width(self) -> int:
@@ -165,7 +166,7 @@ def _prepare(opts: RunOptions) -> _Prepared:
                           module_name=module.display_name)
     h0 = c0 = None
     state_sha = None
-    notes = [n for n in [ck.reading_note()] if n]  # e.g. read without running code from the file
+    notes = [n for n in [ck.reading_note()] if n] + seqs.notes  # e.g. read without running code from the file
     ref = resolve_embedding(ck, module, seqs, opts.embedding, notes)
     if ref is not None:
         seqs.attach_embedding(ck.embedding_matrix(ref), ref)
@@ -390,23 +391,30 @@ def _initial_for_empty(result: RunResult, mask: StepMask, h0: np.ndarray | None,
         result.c_n[:, b] = 0 if c0 is None else c0[:, b]
 
 
+STATE_DTYPES = ("float16", "float32", "float64")  # what export-state --state-dtype may store
+
+
 def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bool = False, force: bool = False,
-                 progress=None, layout: str | None = None):
+                 progress=None, layout: str | None = None, state_dtype: str | None = None):
     """Run, then write a v1 snapshot of the final states (and, with ``include_output``, the output,
     written chunk by chunk as a streamed run makes it). ``layout``: "torch" (h_n, c_n) or "keras" (per layer
     ``[h, c]`` as ``initial_state`` takes them); None: the module's framework's. Returns (outcome, written
     path, metadata). "onnx" (ONNX modules' default): the graph's own state feeds, named and shaped as
     the graph declares them where the nodes take their initial state from graph inputs (see
     lstmscope.readers.onnx.feeds), else ``{node}/initial_h``/``{node}/initial_c`` (D, batch, hidden).
-    An ONNX reverse node's output is written in input order, as ONNX's Y is."""
-    from lstmscope.fileio import check_target, refuse_overwriting_sources
+    An ONNX reverse node's output is written in input order, as ONNX's Y is. ``state_dtype``: the dtype the
+    tensors are stored in (default: the run's; bfloat16 runs store float32); metadata ``dtype`` stays the run's."""
+    from lstmscope.fileio import check_safetensors_name, check_target, refuse_overwriting_sources
     from lstmscope.snapshot import (LAYOUTS, SnapshotWriter, check_layout, default_layout, snapshot_metadata,
                                     state_layout, state_tensors)
 
     out_path = Path(out)
+    if state_dtype is not None and state_dtype not in STATE_DTYPES:
+        raise UsageError(f"--state-dtype {state_dtype} is not one of {', '.join(STATE_DTYPES)}")
     if layout is not None and layout not in LAYOUTS:  # refuse before the run, in the module's terms
         check_layout(layout, read_checkpoint(opts.checkpoint).module(opts.module).spec)
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
+    check_safetensors_name(out_path)
     check_target(out_path, force)  # refuse before spending time on the run
     box: dict = {}
 
@@ -421,7 +429,7 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
                                  checkpoint_sha256=ck.sha256, input_sha256=seqs.sha256, lengths=seqs.lengths,
                                  initial_state_sha256=state_sha, layout=kind, feed=feed,
                                  mask=None if mask is None else mask.to_meta(), embedding=seqs.embedding_ref)
-        np_dtype = "float32" if dtype == "bfloat16" else dtype
+        np_dtype = state_dtype or ("float32" if dtype == "bfloat16" else dtype)  # what the file stores
         tensors = state_layout(spec, seqs.batch, np_dtype, kind, feed)
         clash = sorted(set(tensors) & {"output", "lengths"})
         if clash:
@@ -455,6 +463,7 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
             box["writer"].__exit__(type(e), e, e.__traceback__)
         raise
     box["writer"].__exit__(None, None, None)
+    outcome.written = {k: tuple(shape) for k, (_, shape) in box["writer"].layout.items()}
     if box["feed"] is not None:
         outcome.notes += [f"note: {n}" for n in box["feed"]["notes"]]
     return outcome, out_path, box["meta"]
@@ -500,13 +509,14 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     A long input streams (``opts.chunk_size``, automatic as for ``run``: see plan_chunks) in flat memory,
     with temporary files in ``opts.tmp_dir``; ``progress(done, total)`` counts steps of every layer and
     direction."""
-    from lstmscope.fileio import check_target, refuse_overwriting_sources
+    from lstmscope.fileio import check_safetensors_name, check_target, refuse_overwriting_sources
     from lstmscope.tracefile import TraceWriter, check_order, parse_quantities, trace_layout, trace_metadata
 
     picked = parse_quantities(quantities)
     check_order(order)
     out_path = Path(out)
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
+    check_safetensors_name(out_path, "trace")
     check_target(out_path, force)  # refuse before spending time on the run
     p = _prepare(opts)
     ck, module, spec, seqs, notes = p.checkpoint, p.module, p.module.spec, p.sequences, p.notes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Sequences:
     embedding: np.ndarray | None = None  # (vocab, width) once attached (token inputs)
     embedding_ref: Any = None  # lstmscope.tokens.EmbeddingRef of the attached matrix
     _ids: np.ndarray | None = None
+    notes: list = field(default_factory=list)  # one-line remarks for stderr (e.g. --lengths over the .npz's)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -242,7 +243,11 @@ def load_sequences(
             lobj, lengths_source = lobj[lk], f"{lp.name}[{lk}]"
         else:
             lengths_source = lp.name
-        lengths = _read_small(lobj)
+        given = _read_small(lobj)
+        if lengths is not None and not (np.shape(given) == np.shape(lengths) and np.array_equal(given, lengths)):
+            seqs.notes.append(f"note: --lengths {lp.name} replaces the lengths stored in {path.name} "
+                              f"({np.asarray(lengths).tolist()[:8]}{' ...' if np.size(lengths) > 8 else ''})")
+        lengths = given
     if lengths is not None:
         seqs.lengths = check_lengths(lengths, lengths_source, b, t)
         seqs.lengths_source = lengths_source

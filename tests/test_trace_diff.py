@@ -226,11 +226,13 @@ def test_table_and_profile_fit_the_width(files, tmp_path, columns):
     changed = tmp_path / "changed.safetensors"
     _perturbed_copy(files["f32_len"], changed, "layer0/forward/h", (0, 50, 1), 1.0)
     for pair in ((files["f32"], files["f64"]), (changed, files["f64_len"])):
-        r = _cli("diff-states", *pair, "--atol", "5e-8", env={"COLUMNS": str(columns)})
+        # a terminal of that width (TTY_COMPATIBLE=1: Rich's convention), without colour
+        r = _cli("diff-states", *pair, "--atol", "5e-8",
+                 env={"COLUMNS": str(columns), "TTY_COMPATIBLE": "1", "NO_COLOR": "1"})
         assert r.exit_code == 1 and r.stderr == ""
         lines = r.stdout.splitlines()
         assert max(len(line) for line in lines) <= columns, max(lines, key=len)
-        assert "\x1b[" not in r.stdout  # no colour in a pipe
+        assert "\x1b[" not in r.stdout  # NO_COLOR: no escape codes at all
         assert "max |diff| per step" in r.stdout and "1st over" in r.stdout
 
 

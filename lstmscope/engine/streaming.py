@@ -168,7 +168,7 @@ def stream_lstm(
         h_all, c_all = tensor(h0), tensor(c0)
     h_n, c_n = h_all.clone(), c_all.clone()
     ends: dict[int, _Ends] = {}
-    total = time * (1 if d == 1 else 2 * nl)
+    total = time * nl * d  # steps of every layer and direction: what the progress bar counts
     done = 0
 
     def tick(n: int) -> None:
@@ -199,7 +199,7 @@ def stream_lstm(
                         ends[layer].take(start, to_numpy(x))
                 if sink is not None:
                     sink(start, to_numpy(x).transpose(1, 0, 2))
-                tick(stop - start)
+                tick((stop - start) * nl)  # the chunk went through every layer
             h_n = torch.cat([s[0] for s in states])
             c_n = torch.cat([s[1] for s in states])
         else:

@@ -16,6 +16,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from lstmscope.render.console import print_table
+
 from lstmscope.report import DIRECTIONS, StateView
 from lstmscope.readers.base import LSTMModule
 from lstmscope.spec import LSTMSpec
@@ -91,7 +93,7 @@ def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModu
         for note in m.notes:
             config.append(f"\n{note}", style="dim")
         table.add_row(Text(m.display_name), config, f"{m.spec.parameter_count():,}")
-    console.print(table)
+    print_table(console, table)
     n = len(modules)
     console.print(f"{n} LSTM module{'s' if n != 1 else ''} found."
                   + (" Pick one with --module NAME for run." if n > 1 else ""))
@@ -126,7 +128,7 @@ def render_keras_shapes(console: Console, view: StateView, output_shape: list[in
                           ("state after the last valid step" if view.masked else "state after the last step") if which == "h" else "")
     console.print(Text("Shapes", style="bold underline"))
     console.print(Text(f"layer(x, return_sequences=True, return_state=True) returns {returns}:", style="dim"))
-    console.print(table)
+    print_table(console, table)
     notes = ["Each state is (batch, units): one row per sequence, whatever the number of steps."]
     if spec.go_backwards:
         notes.append("go_backwards=True: y comes back in processing order (y[:, t] is the state after reading "
@@ -174,7 +176,7 @@ def render_onnx_shapes(console: Console, view: StateView, output_shape: list[int
         table.add_row(Text(pre + "Y_c"), _dims(*st), "")
     console.print(Text("Shapes", style="bold underline"))
     console.print(Text("each LSTM node returns Y, Y_h, Y_c:", style="dim"))
-    console.print(table)
+    print_table(console, table)
     notes = ["Y is in input order for every direction: Y_h[0] == Y[len[b]-1, 0, b, :] (forward)"
              + (", Y_h[1] == Y[0, 1, b, :] (backward)." if spec.bidirectional else ".")]
     if spec.go_backwards:
@@ -216,7 +218,7 @@ def render_shapes(console: Console, view: StateView, output_shape: list[int] | N
     table.add_row("c_n", _dims([f"{L}*{D}" if D > 1 else "layers", "batch", "hidden"], view.c_n.shape),
                   "every layer, last step")
     console.print(Text("Shapes", style="bold underline"))
-    console.print(table)
+    print_table(console, table)
     if D > 1:
         notes = [f"h_n.view({L}, {D}, {B}, {spec.output_size}) is (layers, directions, batch, {out_name}); "
                  f"h_n[i] is layer i//{D}, direction i%{D} (0 forward, 1 backward)."]
@@ -247,7 +249,10 @@ def render_states(console: Console, view: StateView) -> None:
                 name.append(f" ({s.nonfinite} non-finite)", style=BAD_STYLE)
             table.add_row(*cells, name, _num(s.mean), _num(s.std), _num(s.min), _num(s.max), _num(s.norm),
                           end_section=(j == 1 and r is not view.rows[-1]))
-    console.print(table)
+    print_table(console, table)
+    if any(r.h_n.nonfinite or r.c_n.nonfinite for r in view.rows):
+        console.print(Padding(Text("mean, std, min, max and norm are over the finite values of a slice; its "
+                                   "NaN/Inf values are counted next to its name", style="dim"), (0, 0, 0, 2)))
     if view.keras or view.onnx:  # layer names can be long: the table keeps numbers readable with indexes
         names = ", ".join(f"{i} = {view.layer_name(i)}" for i in range(view.spec.num_layers))
         console.print(Padding(Text(f"layer {names}", style="dim"), (0, 0, 0, 2)))
@@ -272,7 +277,7 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
             continue
         mark = Text("ok", style=OK_STYLE) if c.ok else Text("MISMATCH", style=BAD_STYLE)
         table.add_row(layer, _dir(view, r.direction), sl, Text(view.output_position(r.direction, layer=r.layer)), _num(c.max_abs_diff, ".1e"), mark)
-    console.print(table)
+    print_table(console, table)
     notes = []
     if view.checks and not view.masked and len(set(view.last_steps.tolist())) > 1:  # masked: render_mask_table
         notes.append(f"len[b]-1 = {view.last_steps.tolist()}: each sequence's own last step.")
@@ -319,7 +324,7 @@ def render_mask_table(console: Console, view: StateView) -> None:
             cells.append("the initial state (all masked)" if t < 0 else
                          view.output_position(d, b, layer=view.spec.num_layers - 1))
         table.add_row(*cells)
-    console.print(table)
+    print_table(console, table)
     if batch > MASK_ROWS:
         console.print(Padding(Text(f"... and {batch - MASK_ROWS} more sequences (--json lists them all)", style="dim"),
                               (0, 0, 0, 2)))
@@ -344,7 +349,7 @@ def render_values(console: Console, view: StateView) -> None:
                 cells.append(_num(v.output[k], ".7g"))
             cells.append(_num(v.c_n[k], ".7g"))
             table.add_row(*cells)
-        console.print(table)
+        print_table(console, table)
 
 
 def render_verdict(console: Console, view: StateView) -> None:
@@ -439,13 +444,13 @@ def render_export(console: Console, outcome, path, meta: dict, size: int) -> Non
         table.add_column(name, justify="left" if name == "dir" else "right")
     for r in outcome.view.rows:
         table.add_row(str(r.layer), _dir(outcome.view, r.direction), str(r.index), _num(r.h_n.norm), _num(r.c_n.norm))
-    console.print(table)
-    from lstmscope.snapshot import state_layout
-
-    spec = outcome.module.spec
-    held = state_layout(spec, outcome.sequences.batch, "float32", meta.get("layout", "torch"), meta.get("onnx"))
-    listed = ", ".join(f"{k} {shape}" for k, (_, shape) in held.items()) if len(held) <= 4 else \
-        f"{len(held)} tensors ({', '.join(list(held)[:2])}, ...), each {next(iter(held.values()))[1]}"
+    print_table(console, table)
+    held = outcome.written  # every tensor written, the output and lengths too
+    states = {k: v for k, v in held.items() if k not in ("output", "lengths")}
+    extra = [f"{k} {held[k]}" for k in ("output", "lengths") if k in held]
+    listed = ", ".join([f"{k} {shape}" for k, shape in states.items()] + extra) if len(states) <= 4 else \
+        ", ".join([f"{len(states)} state tensors ({', '.join(list(states)[:2])}, ...), each "
+                   f"{next(iter(states.values()))}"] + extra)
     console.print(Text.assemble(("Wrote ", "bold"), str(path), f"  ({size:,} bytes; {listed})"))
     render_verdict(console, outcome.view)
 
@@ -463,13 +468,18 @@ def render_state(console: Console, state, view: StateView) -> None:
         else:
             spec_line = (f"{m['num_layers']} layer{'s' if m['num_layers'] != 1 else ''} x {m['num_directions']} "
                          f"direction{'s' if m['num_directions'] != 1 else ''}, hidden {m['hidden_size']}, "
-                         f"proj {m['proj_size']}, input {m['input_size']}, batch {m['batch_size']}, {m['dtype']}")
+                         f"proj {m['proj_size']}, input {m['input_size']}, batch {m['batch_size']}, ran in "
+                         f"{m['dtype']}")
         grid.add_row("Model", Text(f"{m['module'] or '(top level)'}: {spec_line}"))
         for k in sorted(k for k in m if k.endswith("sha256")):
             grid.add_row("", Text(f"{k}: {m[k][:16] + '...' if m[k] else '-'}", style="dim"))
         grid.add_row("", Text(f"lstmscope {m.get('lstmscope_version')}, format {m.get('format_version')}", style="dim"))
     if state.meta is None:
         grid.add_row("", Text("no lstmscope metadata: shapes only (--num-directions tells directions apart)", style="dim"))
+    stored = str(state.h_n.dtype)
+    grid.add_row("Stored", Text(f"{stored} tensors: feed them to an nn.LSTM of that dtype (h0.to(lstm.weight_ih_l0"
+                                f".dtype) for another; export-state --state-dtype writes another)"
+                                if stored != "float32" else f"{stored} tensors"))
     console.print(grid)
     width = state.output.shape[-1] if state.output is not None else None
     render_view(console, view, view.output_shape(width) if width is not None else None,
@@ -483,15 +493,30 @@ def render_only_in(console: Console, res) -> None:
             console.print(Text(f"only in {side}: {', '.join(names)}", style=BAD_STYLE))
 
 
+def _provenance_value(field: str, v) -> str:
+    if v is None:
+        return "-"
+    if field == "module" and v == "":
+        return "(top level)"
+    if field.endswith("sha256") and isinstance(v, str):
+        return v[:12] + "..."
+    return str(v)
+
+
 def render_diff(console: Console, res) -> None:
     console.print(Text.assemble(("A ", "bold"), res.a, ("   B (reference) ", "bold"), res.b))
     console.print(Text(f"pass when |a - b| <= atol + rtol * |b|, atol={res.atol:g}, rtol={res.rtol:g}"
                        + (", NaN == NaN" if res.equal_nan else ""), style="dim"))
     for kind, fields in (("architecture", res.architecture), ("provenance", res.provenance)):
+        for side, label in ((0, "A"), (1, "B (reference)")):
+            none = [f for f, v in fields.items() if v[side] is None]
+            if kind == "provenance" and len(none) > 2 and len(none) == len(fields):  # a file without metadata
+                console.print(Text(f"provenance: {label} records none of {', '.join(none)} (a state file without "
+                                   "lstmscope metadata)", style="dim"))
+                fields = {}
         for f, (va, vb) in fields.items():
             style = BAD_STYLE if kind == "architecture" else "dim"
-            short = ["-" if v is None else v[:12] + "..." if f.endswith("sha256") and isinstance(v, str) else v
-                     for v in (va, vb)]
+            short = [_provenance_value(f, v) for v in (va, vb)]
             console.print(Text(f"{kind} differs: {f}: {short[0]} (A) vs {short[1]} (B)", style=style))
     if res.kind == "trace":
         from lstmscope.render.trace import render_trace_diff
@@ -515,7 +540,7 @@ def render_diff(console: Console, res) -> None:
         table.add_row(Text(name), "x".join(str(d) for d in r.shape), _num(r.max_abs_diff, ".2e"), at,
                       _num(r.max_rel_diff, ".2e"), f"{r.mismatched}/{r.total} ({r.mismatched_pct:.3g}%)",
                       _num(r.cosine, ".6f") if r.cosine == r.cosine else Text("-", style="dim"), mark)
-    console.print(table)
+    print_table(console, table)
     render_only_in(console, res)
     if res.equal:
         console.print(Text("States match within tolerance.", style=OK_STYLE))
@@ -549,7 +574,9 @@ class progress_bar:
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            # engines count every time step once per layer and direction (T x L x D in all)
+            self._progress = Progress(TextColumn("steps x layers x directions"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(),
                                       console=Console(stderr=True), transient=True)
             self._progress.start()
             self._task = self._progress.add_task("run", total=total)

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lstmscope.render import BAD_STYLE, DIR_SHORT, OK_STYLE, _num, render_only_in
+from lstmscope.render.console import layout_width, print_table
 
 SPARK = "▁▂▃▄▅▆▇█"  # per-step profile levels, low to high
 SPARK_ASCII = ".:-=+*#@"  # the same where the console cannot print Unicode
@@ -42,7 +43,7 @@ def render_trace_diff(console: Console, res) -> None:
         first = Text("-", style="dim") if r.first_step_over is None else Text(f"{r.first_step_over:,}", style=BAD_STYLE)
         table.add_row(str(r.layer), DIR_SHORT[r.direction], r.quantity, _num(r.max_abs_diff, ".2e"), at, first,
                       f"{r.mismatched_pct:.3g}%", mark)
-    console.print(table)
+    print_table(console, table)
     console.print(Padding(Text("at: (sequence, step, unit) of the max |diff|; 1st over: the first step with an "
                                "element over tolerance; % over: elements over it", style="dim"), (0, 0, 0, 2)))
     names = {r.layer: r.tensor.split("/")[0] for r in res.rows}
@@ -83,7 +84,7 @@ def _render_step_profile(console: Console, rows, atol: float) -> None:
     labels = [f"{r.layer} {DIR_SHORT[r.direction]} {r.quantity}" for r in rows]
     lw = max(len(s) for s in labels) + 2
     time = steps[0].size
-    per = -(-time // max(console.width - lw - 1, 8))  # steps a column
+    per = -(-time // max(layout_width(console) - lw - 1, 8))  # steps a column
     cols = -(-time // per)
     def glyph(value: float) -> str:
         if value != value:
@@ -151,7 +152,7 @@ def render_trace(console: Console, *, meta: dict, layout: dict, summary, spec, m
         names = sorted(n for n in layout if n.endswith(f"/{q}"))
         shapes = sorted({layout[n][1] for n in names})
         table.add_row(q, str(len(names)), Text(", ".join(str(s) for s in shapes)), Text(names[0] if names else ""))
-    console.print(table)
+    print_table(console, table)
     if stats is None:
         return
     names = spec.names if spec.framework == "keras" else ()
@@ -207,7 +208,7 @@ def heatmap_fit(console: Console, selection) -> tuple[int, int]:
     """(max_cols, max_rows) of a heatmap of ``selection`` drawn on ``console``: the columns left of the width
     after the unit labels."""
     label = len(str(selection.units[1] - 1))
-    return max(1, console.width - label - 2), HEATMAP_ROWS
+    return max(1, layout_width(console) - label - 2), HEATMAP_ROWS
 
 
 def _cmap_rgb(name: str, pos: float) -> tuple[int, int, int]:
@@ -262,7 +263,7 @@ def render_heatmap(console: Console, grid) -> None:
             line.rstrip()
         console.print(line, no_wrap=True, overflow="crop", crop=True)
     # step axis: a tick under the column holding each labelled step
-    room = console.width - label_w - 2  # columns available to the labels
+    room = layout_width(console) - label_w - 2  # columns available to the labels
     spacing = len(str(s1 - 1)) + 2
     step = next(k * 10 ** e for e in range(19) for k in (1, 2, 5) if k * 10 ** e >= spacing * grid.steps_per_col)
     ticks, labels, end = [], [" "] * room, -1
@@ -319,7 +320,7 @@ def _flow(console: Console, entries: list[str], sep: str, style: str = "") -> No
     is folded), with no trailing blanks."""
     line = ""
     for entry in entries:
-        if line and len(line) + len(sep) + len(entry) > console.width:
+        if line and len(line) + len(sep) + len(entry) > layout_width(console):
             console.print(Text(line, style=style), overflow="fold")
             line = ""
         line = f"{line}{sep}{entry}" if line else entry

@@ -1,0 +1,154 @@
+"""The Rich console stdout gets: a terminal's width and colours, or, in a pipe, plain lines.
+
+* On a terminal (as Rich decides: a tty, or ``TTY_COMPATIBLE=1``, or ``FORCE_COLOR``): Rich's own console (its
+  width, ``$COLUMNS`` when set; its colours), with ``NO_COLOR`` (any non-empty value) meaning no escape codes at
+  all: no colour, and no bold or dim either.
+* In a pipe or a file: no escape codes, no wrapping (a line is as long as its content: paths and tuples are never
+  broken mid-name) and no trailing spaces (tables pad their cells; the padding at the end of a line is cut).
+  What has to fit a width (heatmaps pooled to it, a table laid out for a screen) uses ``$COLUMNS`` or 80.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+from rich.console import Console
+
+PIPE_WIDTH = 100_000  # a pipe's console width: wide enough that nothing wraps
+DEFAULT_LAYOUT_WIDTH = 80
+
+
+class _Unpadded(io.TextIOBase):
+    """A text stream that passes lines on without their trailing spaces."""
+
+    def __init__(self, out):
+        self.out = out
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        text = self.pending + s
+        lines = text.split("\n")
+        self.pending = lines.pop()
+        if lines:
+            self.out.write("\n".join(line.rstrip(" ") for line in lines) + "\n")
+        return len(s)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.out.write(self.pending.rstrip(" "))
+            self.pending = ""
+        self.out.flush()
+
+
+def no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def stdout_console(file=None) -> Console:
+    """The console results are printed on (``file``: stdout)."""
+    out = sys.stdout if file is None else file
+    console = Console(file=out, highlight=False, color_system=None if no_color() else "auto")
+    if console.is_terminal:  # a terminal (or TTY_COMPATIBLE=1 / FORCE_COLOR, Rich's conventions)
+        console.layout_width = console.width
+        return console
+    console = Console(file=_Unpadded(out), width=PIPE_WIDTH, soft_wrap=True, color_system=None, highlight=False,
+                      force_terminal=False)
+    console.layout_width = _columns()
+    return console
+
+
+def _columns() -> int:
+    try:
+        return max(20, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        return DEFAULT_LAYOUT_WIDTH
+
+
+def layout_width(console: Console) -> int:
+    """The width things drawn to fit the screen use: the terminal's, or ``$COLUMNS``/80 in a pipe."""
+    return getattr(console, "layout_width", console.width)
+
+
+def is_pipe(console: Console) -> bool:
+    return console.width >= PIPE_WIDTH
+
+
+FOLD_MIN = 12  # a text column is allowed to fold down to this width before a table is stacked instead
+
+
+def _plain(cell) -> str:
+    from rich.text import Text
+
+    if isinstance(cell, Text):
+        return cell.plain
+    return str(cell) if cell is not None else ""
+
+
+def print_table(console: Console, table) -> None:
+    """Print a Rich table so that every number stays whole: columns whose cells are single tokens (numbers,
+    names, positions) never wrap; text columns fold. When even so the table is wider than the console, it is
+    stacked: one block of ``header value`` pairs per row, wrapped between pairs."""
+    from rich.measure import Measurement
+
+    columns = table.columns
+    for col in columns:
+        cells = [_plain(c) for c in col._cells]
+        if cells and all(" " not in c.strip() and "\n" not in c for c in cells):
+            col.no_wrap = True
+        elif not col.no_wrap:
+            col.overflow = "fold"
+    if is_pipe(console):
+        console.print(table)
+        return
+    for padding in (None, (0, 0)):  # as laid out; then one space between columns; then stacked
+        if padding is not None:
+            table.padding = padding
+        if _min_width(console, table) <= console.width:
+            console.print(table)
+            return
+    _print_stacked(console, table)
+
+
+def _min_width(console: Console, table) -> int:
+    """The narrowest the table can be with its single-token columns whole and its text columns folded to
+    FOLD_MIN."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(PIPE_WIDTH), table).maximum
+    full, least = 0, 0
+    for col in table.columns:
+        texts = [_plain(col.header)] + [_plain(c) for c in col._cells]
+        w = max((len(line) for t in texts for line in t.split("\n")), default=0)
+        full += w
+        least += w if col.no_wrap else min(w, FOLD_MIN)
+    return natural - full + least
+
+
+def _print_stacked(console: Console, table) -> None:
+    from rich.text import Text
+
+    width = console.width
+    if table.title:
+        console.print(Text(_plain(table.title), style=table.title_style or ""))
+    headers = [_plain(c.header) for c in table.columns]
+    rows = table.row_count
+    cells = [[_plain(c._cells[r]) if r < len(c._cells) else "" for c in table.columns] for r in range(rows)]
+    for r in range(rows):
+        pairs = [f"{h}: {v}" if h else v for h, v in zip(headers, cells[r]) if v.strip()]
+        line = ""
+        for p in pairs:
+            p = " ".join(p.split())
+            if line and len(line) + 2 + len(p) > width:
+                console.print(Text(line), soft_wrap=True)
+                line = "  " + p
+            else:
+                line = p if not line else f"{line}  {p}"
+        if line:
+            console.print(Text(line), soft_wrap=True)
+        if table.rows[r].end_section and r != rows - 1:
+            console.print()
