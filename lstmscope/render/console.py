@@ -89,6 +89,16 @@ def _plain(cell) -> str:
     return str(cell) if cell is not None else ""
 
 
+def _atomic(cell: str) -> bool:
+    """A cell that must not be broken: one token (a number, a name, a position), or one tuple or list."""
+    c = cell.strip()
+    if "\n" in c:
+        return False
+    if " " not in c:
+        return True
+    return (c[:1], c[-1:]) in (("(", ")"), ("[", "]")) and c.count("(") + c.count("[") == 1
+
+
 def print_table(console: Console, table) -> None:
     """Print a Rich table so that every number stays whole: columns whose cells are single tokens (numbers,
     names, positions) never wrap; text columns fold. When even so the table is wider than the console, it is
@@ -98,14 +108,15 @@ def print_table(console: Console, table) -> None:
     columns = table.columns
     for col in columns:
         cells = [_plain(c) for c in col._cells]
-        if cells and all(" " not in c.strip() and "\n" not in c for c in cells):
+        if cells and all(_atomic(c) for c in cells):
             col.no_wrap = True
         elif not col.no_wrap:
             col.overflow = "fold"
     if is_pipe(console):
         console.print(table)
         return
-    for padding in (None, (0, 0)):  # as laid out; then one space between columns; then stacked
+    tight = (0, 1, 0, 0) if table.box is None else (0, 0)  # one space between columns (a box draws its own)
+    for padding in (None, tight):  # as laid out; then one space between columns; then stacked
         if padding is not None:
             table.padding = padding
         if _min_width(console, table) <= console.width:

@@ -166,17 +166,17 @@ def render_trace(console: Console, *, meta: dict, layout: dict, summary, spec, m
         sat = Text("-", style="dim") if r.saturated_units is None else Text(f"{r.saturated_units}/{r.width}")
         summary.add_row(str(r.layer), DIR_SHORT[r.direction], r.quantity, _num(r.mean), share, sat,
                         f"{r.dead_units}/{r.width}")
-    console.print(summary)
+    print_table(console, summary)
     mem = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col, justify in (("layer", "right"), ("dir", "left"), ("forget mean", "right"), ("memory", "right"),
                          ("max |c|", "right"), ("at (seq, step, unit)", "left")):
-        mem.add_column(col, justify=justify)
+        mem.add_column(col, justify=justify, no_wrap=col in ("memory", "at (seq, step, unit)"))
     for d in stats.directions:
         memory = Text("-", style="dim") if d.memory_length is None else Text(
             "inf" if d.memory_length == float("inf") else f"{d.memory_length:.3g} steps")
         at = "" if d.max_abs_c_at is None else "(" + ", ".join(str(v) for v in d.max_abs_c_at) + ")"
         mem.add_row(str(d.layer), DIR_SHORT[d.direction], _num(d.forget_mean), memory, _num(d.max_abs_c), at)
-    console.print(mem)
+    print_table(console, mem)
     if names:
         console.print(Padding(Text("layer " + ", ".join(f"{i} = {n}" for i, n in enumerate(names)), style="dim"),
                               (0, 0, 0, 2)))
