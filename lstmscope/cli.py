@@ -135,7 +135,7 @@ def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     cands = {m.name: ck.embedding_candidates(m) for m in ck.modules + ck.single_layers
              if m.embedding is None and ck._tensor is not None and ck.format != "onnx"}
     read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls, "single_layers": ck.single_layers,
-            "candidates": cands}
+            "candidates": cands, "notes": ck.notes}
     if json_out:
         sys.stdout.write(dumps(inspect_document(str(checkpoint), ck.sha256, ck.format, ck.modules, **read)) + "\n")
     else:
@@ -375,9 +375,13 @@ def diff_states(
     if atol < 0 or rtol < 0:
         raise fail("--atol and --rtol must be >= 0")
     res = diff_files(a, b, atol=atol, rtol=rtol, equal_nan=equal_nan, num_directions=num_directions)
-    from lstmscope.jsonout import diff_document
 
-    _emit(lambda: diff_document(res), "render_diff", res, json_out=json_out, quiet=quiet)
+    def document() -> dict:
+        from lstmscope.jsonout import diff_document  # only for --json: --quiet and tables never load it
+
+        return diff_document(res)
+
+    _emit(document, "render_diff", res, json_out=json_out, quiet=quiet)
     if not res.equal:
         raise typer.Exit(1)
 

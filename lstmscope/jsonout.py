@@ -68,14 +68,16 @@ def mask_fields(mask) -> dict | None:
 
 def inspect_document(path: str, sha256: str, fmt: str, modules: list[LSTMModule], *,
                      stubbed_globals: list[str] = (), refused_calls: list[str] = (),
-                     single_layers: list[LSTMModule] = (), candidates: dict[str, list[str]] | None = None) -> dict:
+                     single_layers: list[LSTMModule] = (), candidates: dict[str, list[str]] | None = None,
+                     notes: list[str] = ()) -> dict:
     """``stubbed_globals``/``refused_calls``: what a read without running code stubbed and refused ([] otherwise);
     ``candidates``: module name -> the tensors --embedding may name for it."""
     cands = candidates or {}
     return {
         "schema": INSPECT_SCHEMA,
         "checkpoint": {"path": path, "sha256": sha256, "format": fmt,
-                       "stubbed_globals": list(stubbed_globals), "refused_calls": list(refused_calls)},
+                       "stubbed_globals": list(stubbed_globals), "refused_calls": list(refused_calls),
+                       "notes": list(notes)},
         "modules": [module_fields(m, cands.get(m.name)) for m in modules],
         "single_layers": [module_fields(m, cands.get(m.name)) for m in single_layers],
     }

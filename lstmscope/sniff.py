@@ -15,7 +15,7 @@ from pathlib import Path
 # Checkpoints
 TORCH_ZIP = "torch-zip"  # torch.save, zip format (torch >= 1.6)
 TORCH_LEGACY = "torch-legacy"  # torch.save, legacy pickle stream
-TORCHSCRIPT = "torchscript"  # torch.jit.save archive
+TORCHSCRIPT = "torchscript"  # torch.jit.save archive (read from its data, never loaded: readers.torchscript)
 SAFETENSORS = "safetensors"  # safetensors without lstmscope snapshot metadata
 KERAS_ZIP = "keras-zip"  # Keras 3 .keras: config.json + model.weights.h5 in a zip
 HDF5 = "hdf5"  # Keras .h5 / .weights.h5 (and .keras files that are really HDF5)
@@ -29,7 +29,7 @@ UNKNOWN_ZIP = "zip"
 DAMAGED_ZIP = "damaged-zip"
 OTHER = "other"
 
-CHECKPOINT_FORMATS = (TORCH_ZIP, TORCH_LEGACY, SAFETENSORS, KERAS_ZIP, HDF5, ONNX)
+CHECKPOINT_FORMATS = (TORCH_ZIP, TORCH_LEGACY, TORCHSCRIPT, SAFETENSORS, KERAS_ZIP, HDF5, ONNX)  # what readers read
 
 SNAPSHOT_METADATA_KEY = "lstmscope.state"
 _PEEK_HEADER = 1 << 20  # a snapshot's metadata sits in its header; headers past this are not snapshots we wrote

@@ -91,10 +91,11 @@ class Checkpoint:
 
     def embedding_candidates(self, module: LSTMModule) -> list[str]:
         """Listed tensors that could be the (vocab, input_size) embedding feeding ``module`` (2-D floating point,
-        width input_size, not one of its own weights)."""
+        width input_size, not a weight of any LSTM in the file)."""
         from lstmscope.tokens import candidates
 
-        return candidates(self.tensors, module.spec.input_size, set(module.source.values()))
+        lstm_weights = {key for m in [module, *self.modules, *self.single_layers] for key in m.source.values()}
+        return candidates(self.tensors, module.spec.input_size, lstm_weights)
 
     def embedding_named(self, key: str, module: LSTMModule, how: str) -> EmbeddingRef:
         """The listed tensor ``key`` as the module's embedding (``--embedding KEY``), its shape checked."""

@@ -13,7 +13,7 @@ from lstmscope.dtypes import ITEMSIZE, NUMPY, SAFETENSORS_NAMES, widen_bfloat16
 from lstmscope.errors import CheckpointError, LstmscopeError, clean_message
 from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
-from lstmscope.readers.state_dict_names import find_lstm_modules
+from lstmscope.readers.state_dict_names import find_lstm_modules, other_recurrent_hint
 from lstmscope.sniff import SAFETENSORS, SNAPSHOT
 
 FORMATS = (SAFETENSORS, SNAPSHOT)
@@ -24,14 +24,16 @@ def read(path: Path, fmt: str) -> Checkpoint:
     header, _ = read_header(path)
     tensors = {k: TensorInfo(shape, dtype) for k, (dtype, shape, _, _) in header.items()}
     others: list[str] = []
-    modules = find_lstm_modules(tensors, path.name, others)
+    kinds: dict[str, str] = {}
+    singles: list[LSTMModule] = []
+    modules = find_lstm_modules(tensors, path.name, others, kinds=kinds, single_layers=singles)
 
     def parameters(module: LSTMModule) -> dict[str, np.ndarray]:
         return {name: read_tensor(path, header[key], key) for name, key in module.source.items()}
 
     return Checkpoint(path=path, format=SAFETENSORS, sha256=file_sha256(path), tensors=tensors, modules=modules,
-                      _parameters=parameters, other_recurrent=others,
-                      _tensor=lambda key: read_tensor(path, header[key], key))
+                      _parameters=parameters, other_recurrent=others, no_lstm_hint=other_recurrent_hint(kinds),
+                      single_layers=singles, _tensor=lambda key: read_tensor(path, header[key], key))
 
 
 Layout = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype name, shape, first byte, end byte)

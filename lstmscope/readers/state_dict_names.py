@@ -1,5 +1,6 @@
-"""PyTorch's state_dict names: find ``nn.LSTM`` parameter groups in a flat listing of keys and infer
-each one's LSTMSpec from shapes alone (torch-free). Used by the torch and safetensors readers.
+"""PyTorch's state_dict names: find ``nn.LSTM`` parameter groups (and ``nn.LSTMCell`` ones, through
+lstmscope.readers.state_dict_cells) in a flat listing of keys and infer each one's LSTMSpec from shapes alone
+(torch-free). Used by the torch and safetensors readers.
 """
 
 from __future__ import annotations
@@ -37,12 +38,20 @@ def _is_optimizer_state(prefix: str) -> bool:
     return any(part in _OPTIMIZER_PARTS for part in prefix.split(".") if part)
 
 
-def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str, skipped: list[str] | None = None) -> list[LSTMModule]:
-    """Every LSTM whose parameters appear in ``tensors`` under some prefix, in key order.
+def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str, skipped: list[str] | None = None, *,
+                      kinds: dict[str, str] | None = None,
+                      single_layers: list[LSTMModule] | None = None) -> list[LSTMModule]:
+    """Every LSTM whose parameters appear in ``tensors`` under some prefix, in key order: ``nn.LSTM``
+    groups (``weight_ih_l0``, ...) and ``nn.LSTMCell`` ones (``weight_ih``, ..., alone or stacked in a list;
+    see lstmscope.readers.state_dict_cells), each as an nn.LSTM module.
 
     ``source`` names the file in error messages. Raises CheckpointError when a group of
     LSTM-named tensors is inconsistent; the message names the tensor and the expected shape.
+    GRU and RNN groups (modules and cells) go to ``skipped``; ``kinds`` gets, for each, its gates in words
+    ("3 gates (an nn.GRUCell)"); ``single_layers`` gets each cell of a stack of cells, alone.
     """
+    from lstmscope.readers.state_dict_cells import find_lstm_cells
+
     groups: dict[str, dict[str, str]] = {}
     for key in tensors:
         m = _PARAM.match(key)
@@ -60,8 +69,14 @@ def find_lstm_modules(tensors: Mapping[str, TensorInfo], source: str, skipped: l
         if _other_recurrent(names, tensors):
             if skipped is not None:  # nn.GRU / nn.RNN share the parameter names but have 3 or 1 gates
                 skipped.append(prefix.rstrip("."))
+            if kinds is not None:
+                kinds[prefix.rstrip(".")] = "3 gates or 1 (an nn.GRU or nn.RNN)"
             continue
         modules.append(_infer_module(prefix, names, tensors, source))
+    modules += find_lstm_cells(tensors, source, _is_optimizer_state, skipped, kinds, single_layers)
+    if len(modules) > 1:  # in key order, nn.LSTM and nn.LSTMCell modules alike
+        order = {k: i for i, k in enumerate(tensors)}
+        modules.sort(key=lambda m: min((order.get(k, len(order)) for k in m.source.values()), default=len(order)))
     return modules
 
 
@@ -145,8 +160,17 @@ def _infer_module(prefix: str, names: dict[str, str], tensors: Mapping[str, Tens
             f"(proj_size={proj}, bias={spec.bias}); the module's tensors are inconsistent"
         )
     if spec.dtype not in ("float16", "bfloat16", "float32", "float64"):
-        raise CheckpointError(f"{where}: parameters are {spec.dtype}; an LSTM needs floating-point weights")
+        raise CheckpointError(f"{where}: tensor '{prefix}weight_ih_l0' and the rest are {spec.dtype}; "
+                              "an LSTM needs floating-point weights")
     name = prefix.rstrip(".")
     return LSTMModule(name=name, spec=spec, source={n: prefix + n for n in expected})
 
 
+def other_recurrent_hint(kinds: dict[str, str]) -> str:
+    """The "holds no LSTM" reason when recurrent cells (nn.GRUCell, nn.RNNCell) were found: "" when only
+    nn.GRU / nn.RNN modules were (lstmscope.readers.base words those)."""
+    if not any("Cell" in k for k in kinds.values()):
+        return ""
+    parts = [f"under {name or '(top level)'!r} {'have ' if i == 0 else ''}{what}"
+             for i, (name, what) in enumerate(kinds.items())]
+    return f"the recurrent weights {', '.join(parts)}, not an LSTM's 4"

@@ -5,6 +5,9 @@ not model back to torch), so ``inspect`` imports torch only for such files; para
 torch when a run asks for them, and handed over as numpy arrays. Torch files are read with ``weights_only=True``; when that refuses
 a file (a full-module pickle, pickle protocol 4 or 5), lstmscope.readers.safe_pickle reads it again
 without running code from it: other classes become inert stubs and calls are refused.
+Legacy-format files whose tensors sit on untyped storages (uint16/32/64, float8), which torch's legacy loader
+cannot read, are read by lstmscope.readers.torch_values from their bytes. TorchScript archives are handed to
+lstmscope.readers.torchscript, which reads their data and never loads them.
 """
 
 from __future__ import annotations
@@ -19,20 +22,31 @@ import numpy as np
 from lstmscope.errors import CheckpointError, clean_message
 from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
-from lstmscope.readers.state_dict_names import find_lstm_modules
+from lstmscope.readers.state_dict_names import find_lstm_modules, other_recurrent_hint  # noqa: F401 (re-exported)
 from lstmscope.sniff import TORCH_LEGACY, TORCH_ZIP, TORCHSCRIPT, sniff
 
 FORMATS = (TORCH_ZIP, TORCH_LEGACY, TORCHSCRIPT)
 
 
 def read(path: Path, fmt: str) -> Checkpoint:
-    """List a torch file's tensors (torch-free where lstmscope.readers.torch_listing can) and find its LSTMs."""
+    """List a torch file's tensors (torch-free where lstmscope.readers.torch_listing can) and find its LSTMs.
+    TorchScript archives go to lstmscope.readers.torchscript, which never loads them."""
+    if fmt == TORCHSCRIPT:
+        from lstmscope.readers.torchscript import read_torchscript
+
+        return read_torchscript(path)
     stubbed: list[str] = []
     refused: list[str] = []
     listed = _list_torch_free(path, fmt)
     if listed is not None:  # names, shapes and dtypes without torch; values are loaded when asked for
-        tensors, report = listed
-        load = _lazy_torch_loader(path, fmt, tensors)
+        tensors, report, records = listed
+        if fmt == TORCH_LEGACY and any(r.untyped for r in records.values()):
+            # torch's legacy loader cannot read untyped storages (uint16/32/64, float8): read the bytes directly
+            from lstmscope.readers.torch_values import legacy_loader
+
+            load = legacy_loader(path, records)
+        else:
+            load = _lazy_torch_loader(path, fmt, tensors)
     else:
         flat, report = _torch_load_flat(path, fmt)
         tensors = {k: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in flat.items()}
@@ -40,7 +54,9 @@ def read(path: Path, fmt: str) -> Checkpoint:
     if report is not None:
         stubbed, refused = report.stubbed_only(), list(report.refused_calls)
     others: list[str] = []
-    modules = find_lstm_modules(tensors, path.name, others)
+    kinds: dict[str, str] = {}
+    singles: list[LSTMModule] = []
+    modules = find_lstm_modules(tensors, path.name, others, kinds=kinds, single_layers=singles)
 
     def parameters(module: LSTMModule) -> dict[str, np.ndarray]:
         loaded = load(list(module.source.values()))
@@ -48,12 +64,15 @@ def read(path: Path, fmt: str) -> Checkpoint:
 
     return Checkpoint(path=path, format=TORCH_LEGACY if fmt == TORCH_LEGACY else TORCH_ZIP, sha256=file_sha256(path),
                       tensors=tensors, modules=modules, _parameters=parameters, other_recurrent=others,
-                      stubbed_globals=stubbed, refused_calls=refused,
-                      _tensor=lambda key: _numpy(load([key])[key]))
+                      stubbed_globals=stubbed, refused_calls=refused, no_lstm_hint=other_recurrent_hint(kinds),
+                      single_layers=singles, _tensor=lambda key: _numpy(load([key])[key]))
 
 
 def _numpy(t) -> np.ndarray:
-    """A CPU tensor as numpy, sharing memory; bfloat16 (which numpy lacks) widened to float32, exactly."""
+    """A CPU tensor as numpy, sharing memory; bfloat16 (which numpy lacks) widened to float32, exactly.
+    numpy arrays (read without torch) pass through."""
+    if isinstance(t, np.ndarray):
+        return t
     import torch
 
     t = t.detach()
@@ -64,10 +83,10 @@ def _numpy(t) -> np.ndarray:
 LIST_WITH_TORCH_ENV = "LSTMSCOPE_LIST_WITH_TORCH"
 
 
-def _list_torch_free(path: Path, fmt: str) -> tuple[dict[str, TensorInfo], Any] | None:
-    """Tensor infos and the safe_pickle report of a torch file, read by lstmscope.readers.torch_listing without
-    torch; None when that reader cannot vouch for giving what torch would (torch then reads the file,
-    and gives its own errors)."""
+def _list_torch_free(path: Path, fmt: str) -> tuple[dict[str, TensorInfo], Any, dict[str, Any]] | None:
+    """Tensor infos, the safe_pickle report and the TensorRecords of a torch file, read by
+    lstmscope.readers.torch_listing without torch; None when that reader cannot vouch for giving what torch
+    would (torch then reads the file, and gives its own errors)."""
     if os.environ.get(LIST_WITH_TORCH_ENV) == "1":
         return None
     from lstmscope.readers.torch_listing import TensorRecord, list_torch_file
@@ -78,7 +97,7 @@ def _list_torch_free(path: Path, fmt: str) -> tuple[dict[str, TensorInfo], Any] 
         _flatten(obj, "", flat, TensorRecord, depth=0, budget=[_FLATTEN_BUDGET])
     except Exception:  # Unsupported, a damaged file, too many objects: all for the torch path to judge
         return None
-    return {k: TensorInfo(t.shape, t.dtype) for k, t in flat.items()}, report
+    return {k: TensorInfo(t.shape, t.dtype) for k, t in flat.items()}, report, flat
 
 
 def _lazy_torch_loader(path: Path, fmt: str, listed: dict[str, TensorInfo]) -> Callable[[list[str]], dict[str, Any]]:
@@ -145,14 +164,39 @@ def load_torch_file(path: Path, fmt: str | None = None) -> tuple[Any, Any]:
     except pickle.UnpicklingError:
         pass  # weights-only refused it: read it again below, without running code
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({clean_message(e)})") from None
+        raise CheckpointError(_untyped_legacy(path, fmt, e)
+                              or f"{path}: cannot read PyTorch checkpoint ({clean_message(e)})") from None
     from lstmscope.readers.safe_pickle import restricted_torch_load
 
     try:
         return restricted_torch_load(path, mmap=mmap)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({clean_message(e)}); "
+        raise CheckpointError(_untyped_legacy(path, fmt, e)
+                              or f"{path}: cannot read PyTorch checkpoint ({clean_message(e)}); "
                               "lstmscope read it without running code from it") from None
+
+
+def _untyped_legacy(path: Path, fmt: str, error: Exception) -> str | None:
+    """The message for torch's legacy loader failing on an untyped storage (a uint16, uint32, uint64 or float8
+    tensor: torch.save keeps those as bytes, and its legacy loader asks the bytes for a dtype), naming the
+    tensor and its dtype where lstmscope's listing can; None for any other error."""
+    if fmt != TORCH_LEGACY or "UntypedStorage" not in str(error):
+        return None
+    what = "a tensor of a dtype saved as untyped bytes (uint16, uint32, uint64 or float8)"
+    try:
+        from lstmscope.readers.torch_listing import TensorRecord, list_torch_file
+
+        obj, _ = list_torch_file(path, legacy=True)
+        flat: dict[str, Any] = {}
+        _flatten(obj, "", flat, TensorRecord, depth=0, budget=[_FLATTEN_BUDGET])
+        untyped = [(k, r.dtype) for k, r in flat.items() if r.untyped]
+        if untyped:
+            what = f"tensor {untyped[0][0]!r} ({untyped[0][1]})" + (
+                f" (and {len(untyped) - 1} more such tensors)" if len(untyped) > 1 else "")
+    except Exception:  # the listing cannot read it either: say what torch could not do
+        pass
+    return (f"{path}: torch's legacy-format (pre-1.6) loader cannot read {what}; re-save the file with "
+            "torch.save's default (zip) format")
 
 
 _FLATTEN_BUDGET = 1_000_000  # objects visited; shared references could otherwise multiply the walk

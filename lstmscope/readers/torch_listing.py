@@ -15,6 +15,11 @@ globals answered by torch-free records instead of torch:
   legacy format's storages are checked by their 8-byte length headers, skipping their data;
 * ``torch.Size`` and ``torch.device`` give a tuple and a small record.
 
+Each :class:`TensorRecord` also says where its data is (storage, offset, stride), so that
+lstmscope.readers.torch_values can read the files torch cannot: legacy files with untyped storages (uint16,
+uint32, uint64 and float8 tensors, which torch's legacy loader fails on, are listed here all the same) and
+TorchScript archives (lstmscope.readers.torchscript, which reuses this reader for their pickles).
+
 Every other global is handled exactly as by :class:`~lstmscope.readers.safe_pickle.RestrictedUnpickler`:
 plain containers are built, anything else is an inert stub, never imported and never called, and
 is recorded in the same :class:`~lstmscope.readers.safe_pickle.PickleReport`.
@@ -57,13 +62,23 @@ class Unsupported(Exception):
 # --- records ----------------------------------------------------------------------------------------
 
 class TensorRecord:
-    """A tensor as torch would rebuild it, without its data."""
+    """A tensor as torch would rebuild it, without its data (and where its data is, for
+    lstmscope.readers.torch_values: its storage, offset and stride, in elements)."""
 
-    __slots__ = ("shape", "dtype")
+    __slots__ = ("shape", "dtype", "storage", "offset", "stride")
 
-    def __init__(self, shape: tuple[int, ...], dtype: str):
+    def __init__(self, shape: tuple[int, ...], dtype: str, storage: "_Storage | None" = None, offset: int = 0,
+                 stride: tuple[int, ...] = ()):
         self.shape = shape
         self.dtype = dtype  # as str(torch.dtype) without "torch.": "float32", "bfloat16", ...
+        self.storage = storage
+        self.offset = offset
+        self.stride = stride
+
+    @property
+    def untyped(self) -> bool:
+        """On an untyped storage (bytes): how torch saves dtypes without a storage class (uint16/32/64, float8)."""
+        return self.storage is not None and self.storage.untyped
 
     def __format__(self, spec: str) -> str:  # a tensor used as a dict key: torch's name would show its values
         raise Unsupported("a tensor used as a name")
@@ -103,14 +118,17 @@ class _StorageType:
 
 
 class _Storage:
-    """A storage a persistent id names: its dtype and size, never its bytes."""
+    """A storage a persistent id names: its dtype and size, and where its bytes are, never the bytes."""
 
-    __slots__ = ("dtype", "numel", "nbytes")
+    __slots__ = ("dtype", "numel", "nbytes", "key", "untyped", "where")
 
-    def __init__(self, dtype: str, numel: int):
+    def __init__(self, dtype: str, numel: int, key: str = "", untyped: bool = False):
         self.dtype = dtype
         self.numel = numel
         self.nbytes = numel * ITEMSIZE[dtype]
+        self.key = key
+        self.untyped = untyped  # torch.storage.UntypedStorage: bytes, the dtype is the tensor's
+        self.where: Any = None  # zip: the record's name; legacy: the file offset of its first byte
 
     def __format__(self, spec: str) -> str:
         raise Unsupported("a storage used as a name")
@@ -315,7 +333,7 @@ class ListingUnpickler(RestrictedUnpickler):
                 raise Unsupported("a Parameter with hooks or state")
             if requires_grad and data.dtype not in _GRAD_DTYPES:
                 raise Unsupported("requires_grad on a dtype that cannot have gradients")
-            return TensorRecord(data.shape, data.dtype)
+            return TensorRecord(data.shape, data.dtype, data.storage, data.offset, data.stride)
         if func is _SIZE and len(args) == 1:
             return _ints(args[0])
         if func is _DEVICE and len(args) in (1, 2) and type(args[0]) is str and _DEVICE_TYPE.fullmatch(args[0]):
@@ -342,7 +360,7 @@ class ListingUnpickler(RestrictedUnpickler):
             extent = 1 + sum((n - 1) * s for n, s in zip(size, stride))
             if (offset + extent) * ITEMSIZE[dtype] > storage.nbytes:
                 raise Unsupported("a tensor larger than its storage")  # torch's error to give
-        return TensorRecord(size, dtype)
+        return TensorRecord(size, dtype, storage, offset, stride)
 
     def load_build(self) -> None:
         state = self.stack.pop()
@@ -378,7 +396,7 @@ class _Storages:
             if (known.dtype, known.numel) != (storage_type.dtype, numel):
                 raise Unsupported("one storage named with two types or sizes")  # torch's caching decides
             return known
-        storage = self.seen[key] = _Storage(storage_type.dtype, numel)
+        storage = self.seen[key] = _Storage(storage_type.dtype, numel, key, storage_type is _UNTYPED)
         self.check(key, storage)
         return storage
 
@@ -390,12 +408,14 @@ class _Storages:
 
 
 class _ZipStorages(_Storages):
-    """Zip records ``<archive>/data/<key>``: present, stored uncompressed, exactly ``numel`` elements long."""
+    """Zip records ``<archive>/data/<key>``: present, stored uncompressed, exactly ``numel`` elements long.
+    (TorchScript's constants.pkl names records under ``<archive>/constants/``: ``folder``.)"""
 
-    def __init__(self, infos: dict[str, zipfile.ZipInfo], root: str):
+    def __init__(self, infos: dict[str, zipfile.ZipInfo], root: str, folder: str = "data/"):
         super().__init__()
         self.infos = infos
         self.root = root
+        self.folder = folder
 
     def resolve(self, data: tuple) -> _Storage:
         if len(data) != 4:
@@ -403,9 +423,11 @@ class _ZipStorages(_Storages):
         return self._get(*data)
 
     def check(self, key: str, storage: _Storage) -> None:
-        info = self.infos.get(f"{self.root}data/{key}")
+        name = f"{self.root}{self.folder}{key}"
+        info = self.infos.get(name)
         if info is None or info.compress_type != zipfile.ZIP_STORED or info.file_size != storage.nbytes:
             raise Unsupported(f"storage record {key!r} is missing or does not fit")
+        storage.where = name
 
 
 class _LegacyStorages(_Storages):
@@ -416,8 +438,9 @@ class _LegacyStorages(_Storages):
     def resolve(self, data: tuple) -> _Storage:
         if len(data) != 5 or data[4] is not None:
             raise Unsupported("a legacy storage view")
-        if data[0] is _UNTYPED:  # torch's legacy loader asks UntypedStorage for a dtype, and fails
-            raise Unsupported("an untyped storage in a legacy file")
+        # an untyped storage (bytes; numel counts bytes) holds a dtype without a storage class (uint16/32/64,
+        # float8): torch's legacy loader asks UntypedStorage for a dtype and fails, so lstmscope reads those
+        # files itself (lstmscope.readers.torch_values); listing them works the same
         return self._get(*data[:4])
 
     def verify(self, f, keys: Any, size: int) -> None:
@@ -430,6 +453,7 @@ class _LegacyStorages(_Storages):
             head = f.read(8)
             if len(head) != 8 or struct.unpack("<q", head)[0] != self.seen[key].numel:
                 raise Unsupported(f"legacy storage {key!r} does not have the size its tensors claim")
+            self.seen[key].where = pos + 8
             pos += 8 + self.seen[key].nbytes
             if pos > size:
                 raise Unsupported(f"legacy storage {key!r} is truncated")

@@ -74,17 +74,19 @@ def token_lines(m: LSTMModule, candidates: list[str] = ()) -> list[str]:
 def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModule], *,
                    stubbed_globals: list[str] = (), refused_calls: list[str] = (),
                    single_layers: list[LSTMModule] = (), version: str | None = None,
-                   candidates: dict[str, list[str]] | None = None) -> None:
+                   candidates: dict[str, list[str]] | None = None, notes: list[str] = ()) -> None:
     console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', {version}' if version else ''})"))
     if stubbed_globals or refused_calls:
         console.print(Text("read without running code" + (f": {', '.join(stubbed_globals)}" if stubbed_globals else "")))
+    for note in notes:  # facts about the file: what a reader left unread, a custom model class, ...
+        console.print(Text(note, style="dim"))
     if refused_calls:
         console.print(Text(f"refused to call: {', '.join(refused_calls)} (the file asked to run code; it was not run)",
                            style=BAD_STYLE))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     longest = max([len(m.display_name) for m in modules] + [6])
     table.add_column("module", overflow="fold", min_width=min(longest, 32))
-    table.add_column("configuration", overflow="fold", ratio=1)
+    table.add_column("configuration", overflow="fold")
     table.add_column("params", justify="right", no_wrap=True)
     for m in modules:
         config = Text(describe_spec(m.spec))
