@@ -16,16 +16,75 @@ from typing import BinaryIO, Iterator
 from lstmscope.errors import LstmscopeError, OutputError
 
 
+STREAM_MAX = 64 << 30  # bytes lstmscope copies from a pipe before it gives up (a stream that never ends)
+_SPOOLED: dict[str, Path] = {}  # stream -> the regular file holding its bytes, for this process
+
+
+def a(word: str) -> str:
+    """``word`` with its indefinite article: "an input", "a checkpoint"."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def is_stream(path: Path) -> bool:
+    """``-`` (standard input), a named pipe or a character device such as ``/dev/fd/63`` (``<(cat x.npy)``)."""
+    if str(path) == "-":
+        return True
+    try:
+        import stat
+
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def spool(path: Path, what: str, error: type[LstmscopeError]) -> Path:
+    """A path lstmscope can seek in: ``path`` itself, or, for a stream (see is_stream), a temporary regular file
+    holding its bytes (named after it, removed when lstmscope exits). A stream is read once: the same stream
+    given twice is the same file. Readers need to seek (npy headers, zip directories, HDF5), so every input
+    may be a pipe this way; an empty stream is refused like an empty file."""
+    path = Path(path)
+    if not is_stream(path):
+        return path
+    key = str(path)
+    if key in _SPOOLED:
+        return _SPOOLED[key]
+    import atexit
+    import shutil
+    import sys
+
+    folder = Path(tempfile.mkdtemp(prefix="lstmscope-stream-"))
+    atexit.register(shutil.rmtree, folder, True)
+    target = folder / ("stdin" if key == "-" else path.name or "stream")
+    total = 0
+    try:
+        src = sys.stdin.buffer if key == "-" else open(path, "rb")
+        with open(target, "wb") as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                total += len(block)
+                if total > STREAM_MAX:
+                    raise error(f"{path}: the stream gives more than {STREAM_MAX >> 30} GiB; save it to a file")
+                out.write(block)
+        if src is not sys.stdin.buffer:
+            src.close()
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} stream ({e.strerror or e})") from None
+    if total == 0:
+        raise error(f"{'standard input' if key == '-' else path} gave no bytes; expected {a(what)} file")
+    _SPOOLED[key] = target
+    return target
+
+
 def check_source(path: Path, what: str, error: type[LstmscopeError]) -> None:
     """Refuse a path that is missing, a directory, unreadable or empty, naming ``what`` it should be."""
     if not path.exists():
         raise error(f"{path}: no such {what} file")
     if path.is_dir():
-        raise error(f"{path} is a directory; expected a {what} file")
+        raise error(f"{path} is a directory; expected {a(what)} file")
     if not os.access(path, os.R_OK):
         raise error(f"{path}: permission denied; cannot read the {what} file")
     if path.stat().st_size == 0:
-        raise error(f"{path} is empty (0 bytes); expected a {what} file")
+        raise error(f"{path} is empty (0 bytes); expected {a(what)} file")
 
 
 def check_target(path: Path, force: bool) -> None:

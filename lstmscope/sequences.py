@@ -12,7 +12,7 @@ import numpy as np
 
 from lstmscope.arrays import DiskArray, npz_member, open_npy
 from lstmscope.errors import InputError, clean_message
-from lstmscope.fileio import check_source, file_sha256
+from lstmscope.fileio import check_source, file_sha256, spool
 
 LAYOUT_BATCH_FIRST = "batch_first"  # (B, T, F)
 LAYOUT_TIME_MAJOR = "time_major"  # (T, B, F)
@@ -184,8 +184,9 @@ def load_sequences(
     expected_features: int | None = None,
     module_name: str = "",
 ) -> Sequences:
-    """Read and validate an input file. ``expected_features`` is the LSTM's input_size."""
-    path = Path(path)
+    """Read and validate an input file. ``expected_features`` is the LSTM's input_size. A pipe or ``-`` (standard
+    input) is read as a stream of bytes (lstmscope.fileio.spool)."""
+    path = spool(Path(path), "input", InputError)
     obj = _load_any(path, "input")
     lengths = None
     lengths_source = None
@@ -234,7 +235,7 @@ def load_sequences(
             f"{expected_features} (input_size of module '{module_name}'){hint}"
         )
     if lengths_path is not None:
-        lp = Path(lengths_path)
+        lp = spool(Path(lengths_path), "lengths", InputError)
         lobj = _load_any(lp, "lengths")
         if isinstance(lobj, dict):
             lk = next((k for k in _LENGTH_KEYS if k in lobj), None) or (next(iter(lobj)) if len(lobj) == 1 else None)

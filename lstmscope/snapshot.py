@@ -301,8 +301,11 @@ def _sniff(path: Path) -> str:
 
 
 def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> StateFile:
-    """Read a v1 snapshot or a foreign state file. torch files only when ``allow_torch``."""
-    path = Path(path)
+    """Read a v1 snapshot or a foreign state file. torch files only when ``allow_torch``. A pipe or ``-`` is
+    read as a stream (lstmscope.fileio.spool)."""
+    from lstmscope.fileio import spool
+
+    path = spool(Path(path), "state", StateError)
     kind = _sniff(path)
     meta = None
     if kind == "safetensors":

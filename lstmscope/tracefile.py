@@ -195,7 +195,9 @@ def is_trace(path: str | Path) -> bool:
     from lstmscope import sniff as sn
     from lstmscope.readers.safetensors import read_header
 
-    path = Path(path)
+    from lstmscope.fileio import spool
+
+    path = spool(Path(path), "state", StateError)
     try:
         if not path.is_file() or sn.sniff(path).format != sn.SAFETENSORS:
             return False
@@ -209,10 +211,10 @@ def read_trace(path: str | os.PathLike) -> TraceFile:
     """A trace file lstmscope wrote (``lstmscope trace -o``), checked against its own metadata; StateError
     for anything else, saying what it is."""
     from lstmscope.dtypes import NUMPY
-    from lstmscope.fileio import check_source
+    from lstmscope.fileio import check_source, spool
     from lstmscope.readers.safetensors import read_header
 
-    path = Path(path)
+    path = spool(Path(path), "trace", StateError)
     check_source(path, "trace (.safetensors)", StateError)
     layout, raw = read_header(path, StateError)
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lstmscope import sniff as _sniff
 from lstmscope.errors import CheckpointError
-from lstmscope.fileio import check_source
+from lstmscope.fileio import check_source, spool
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo, select_module  # noqa: F401
 
 # format -> reader module (each has FORMATS and read(path, fmt) -> Checkpoint)
@@ -30,7 +30,7 @@ KNOWN = "PyTorch (.pt/.pth/.bin/.ckpt), .safetensors, Keras (.keras/.h5/.weights
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint, list its tensors and find its LSTMs, without loading tensor data."""
-    path = Path(path)
+    path = spool(Path(path), "checkpoint", CheckpointError)  # a pipe or - : its bytes, in a file
     check_source(path, "checkpoint", CheckpointError)
     found = _sniff.sniff(path)
     module = READERS.get(found.format)
