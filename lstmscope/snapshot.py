@@ -24,7 +24,7 @@ import numpy as np
 
 from lstmscope import __version__
 from lstmscope.dtypes import SAFETENSORS_CODES, SNAPSHOT_NAMES
-from lstmscope.errors import StateError, clean_message
+from lstmscope.errors import LstmscopeError, StateError, clean_message
 from lstmscope.fileio import atomic_writer, check_source
 from lstmscope.arrays import DiskArray
 from lstmscope.spec import LSTMSpec
@@ -458,9 +458,7 @@ def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> Sta
         if h_key in arrays and c_key in arrays:
             break
     else:
-        raise StateError(f"{path} holds {', '.join(sorted(arrays)) or 'no tensors'}; a state file needs h_n and c_n "
-                         "(or h0 and c0) in PyTorch's layout (num_layers * num_directions, batch, hidden), or Keras's "
-                         "h and c (batch, units)")
+        raise StateError(_not_a_state(path, stored))
     h, c = np.asarray(arrays.pop(h_key)), np.asarray(arrays.pop(c_key))  # small: (layers * directions, batch, width)
     for name, a in ((h_key, h), (c_key, c)):
         if a.ndim != 3:
@@ -481,6 +479,26 @@ def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> Sta
                              f"{tuple(lengths.shape)}")
         lengths = lengths.astype(np.int64)
     return StateFile(path, h, c, output, lengths, meta, kind, arrays, layout, stored)
+
+
+def _not_a_state(path: Path, stored: dict[str, tuple[int, ...]]) -> str:
+    """Why a file with no h/c pair is not a state file: a checkpoint's weights, said as such, or what it holds
+    (the first few names)."""
+    from lstmscope.readers.base import TensorInfo
+    from lstmscope.readers.state_dict_names import find_lstm_modules
+
+    try:
+        found = find_lstm_modules({k: TensorInfo(v, "float32") for k, v in stored.items()}, path.name)
+    except LstmscopeError:
+        found = []
+    if found:
+        names = ", ".join(m.display_name for m in found[:3])
+        return (f"{path} holds an LSTM's weights ({names}): it is a checkpoint, not a state file; give it as "
+                f"CHECKPOINT (lstmscope inspect {path.name})")
+    names = sorted(stored)
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return (f"{path} holds {shown or 'no tensors'}, no h/c pair; a state file needs h_n and c_n (or h0 and c0) in "
+            "PyTorch's layout (num_layers * num_directions, batch, hidden), or Keras's h and c (batch, units)")
 
 
 def fit_state(state: StateFile, module: str, spec: LSTMSpec, batch: int, *, broadcast: bool = False) -> tuple[np.ndarray, np.ndarray]:
