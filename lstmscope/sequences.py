@@ -38,13 +38,20 @@ class Sequences:
     layout: str  # how the file stored it: "batch_first", "time_major" or "single"
     lengths: np.ndarray | None  # (B,) int64, each in 1..T, or None when every sequence is T long
     lengths_source: str | None  # where the lengths came from ("x.npz[lengths]", "lens.npy")
-    sha256: str  # of the input file's bytes
+    _sha256: str | None  # of the input file's bytes, once asked for (see sha256)
     _data: np.ndarray | None = None
     tokens: bool = False  # the file holds integer token ids
     embedding: np.ndarray | None = None  # (vocab, width) once attached (token inputs)
     embedding_ref: Any = None  # lstmscope.tokens.EmbeddingRef of the attached matrix
     _ids: np.ndarray | None = None
     notes: list = field(default_factory=list)  # one-line remarks for stderr (e.g. --lengths over the .npz's)
+
+    @property
+    def sha256(self) -> str:
+        """The input file's sha256, computed when first asked for (snapshots and JSON record it; tables do not)."""
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -221,7 +228,7 @@ def load_sequences(
             layout = LAYOUT_SINGLE
         else:
             layout = LAYOUT_TIME_MAJOR if time_major else LAYOUT_BATCH_FIRST
-    seqs = Sequences(path, key, arr, layout, None, None, "", tokens=tokens)
+    seqs = Sequences(path, key, arr, layout, None, None, None, tokens=tokens)
     b, t, f = seqs.shape
     if expected_features is not None and not tokens and f != expected_features:
         lay = {"single": "(T, F)", "batch_first": "(B, T, F)", "time_major": "(T, B, F)"}[layout]
@@ -252,7 +259,6 @@ def load_sequences(
     if lengths is not None:
         seqs.lengths = check_lengths(lengths, lengths_source, b, t)
         seqs.lengths_source = lengths_source
-    seqs.sha256 = file_sha256(path)
     return seqs
 
 

@@ -67,7 +67,6 @@ class Checkpoint:
 
     path: Path
     format: str  # e.g. "safetensors", "torch-zip", "torch-legacy", "keras-zip", "keras-h5"
-    sha256: str
     tensors: dict[str, TensorInfo]  # every tensor the file lists (flattened key or dataset path) -> info
     modules: list[LSTMModule]  # what inspect lists and run picks from
     _parameters: ParameterLoader = field(repr=False)
@@ -88,6 +87,16 @@ class Checkpoint:
     _tensor: Callable[[str], np.ndarray] | None = field(default=None, repr=False)
     # reads the matrix of an embedding the graph names (Keras, ONNX); None: the format's graph has none
     _embedding: Callable[[EmbeddingRef], np.ndarray] | None = field(default=None, repr=False)
+    _sha256: str | None = field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """The file's sha256, computed when first asked for (a run that prints tables never needs it)."""
+        if self._sha256 is None:
+            from lstmscope.fileio import file_sha256
+
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
 
     def embedding_candidates(self, module: LSTMModule) -> list[str]:
         """Listed tensors that could be the (vocab, input_size) embedding feeding ``module`` (2-D floating point,

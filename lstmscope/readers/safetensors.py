@@ -11,7 +11,6 @@ import numpy as np
 
 from lstmscope.dtypes import ITEMSIZE, NUMPY, SAFETENSORS_NAMES, widen_bfloat16
 from lstmscope.errors import CheckpointError, LstmscopeError, clean_message
-from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.state_dict_names import find_lstm_modules, other_recurrent_hint
 from lstmscope.sniff import SAFETENSORS, SNAPSHOT
@@ -31,7 +30,7 @@ def read(path: Path, fmt: str) -> Checkpoint:
     def parameters(module: LSTMModule) -> dict[str, np.ndarray]:
         return {name: read_tensor(path, header[key], key) for name, key in module.source.items()}
 
-    return Checkpoint(path=path, format=SAFETENSORS, sha256=file_sha256(path), tensors=tensors, modules=modules,
+    return Checkpoint(path=path, format=SAFETENSORS, tensors=tensors, modules=modules,
                       _parameters=parameters, other_recurrent=others, no_lstm_hint=other_recurrent_hint(kinds),
                       single_layers=singles, _tensor=lambda key: read_tensor(path, header[key], key))
 

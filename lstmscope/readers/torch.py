@@ -20,7 +20,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from lstmscope.errors import CheckpointError, clean_message
-from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.state_dict_names import find_lstm_modules, other_recurrent_hint  # noqa: F401 (re-exported)
 from lstmscope.sniff import TORCH_LEGACY, TORCH_ZIP, TORCHSCRIPT, sniff
@@ -62,7 +61,7 @@ def read(path: Path, fmt: str) -> Checkpoint:
         loaded = load(list(module.source.values()))
         return {name: _numpy(loaded[key]) for name, key in module.source.items()}
 
-    return Checkpoint(path=path, format=TORCH_LEGACY if fmt == TORCH_LEGACY else TORCH_ZIP, sha256=file_sha256(path),
+    return Checkpoint(path=path, format=TORCH_LEGACY if fmt == TORCH_LEGACY else TORCH_ZIP,
                       tensors=tensors, modules=modules, _parameters=parameters, other_recurrent=others,
                       stubbed_globals=stubbed, refused_calls=refused, no_lstm_hint=other_recurrent_hint(kinds),
                       single_layers=singles, _tensor=lambda key: _numpy(load([key])[key]))

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from lstmscope.errors import CheckpointError, clean_message
-from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.safe_pickle import PickleReport
 from lstmscope.readers.state_dict_names import find_lstm_modules
@@ -182,7 +181,7 @@ def read_torchscript(path: Path) -> Checkpoint:
         loaded = load(list(module.source.values()))
         return {name: loaded[key] for name, key in module.source.items()}
 
-    return Checkpoint(path=path, format=TORCHSCRIPT, sha256=file_sha256(path), tensors=tensors, modules=modules,
+    return Checkpoint(path=path, format=TORCHSCRIPT, tensors=tensors, modules=modules,
                       _parameters=parameters, other_recurrent=others,
                       stubbed_globals=listing.report.stubbed_only(), refused_calls=list(listing.report.refused_calls),
                       notes=_notes(listing), no_lstm_hint=other_recurrent_hint(kinds), single_layers=singles,

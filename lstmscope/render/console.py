@@ -103,8 +103,6 @@ def print_table(console: Console, table) -> None:
     """Print a Rich table so that every number stays whole: columns whose cells are single tokens (numbers,
     names, positions) never wrap; text columns fold. When even so the table is wider than the console, it is
     stacked: one block of ``header value`` pairs per row, wrapped between pairs."""
-    from rich.measure import Measurement
-
     columns = table.columns
     for col in columns:
         cells = [_plain(c) for c in col._cells]

@@ -31,7 +31,6 @@ from typing import Any, Callable
 import numpy as np
 
 from lstmscope.errors import CheckpointError, UsageError, clean_message
-from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule
 from lstmscope.readers.keras.config import _KNOWN_ACTIVATIONS, NO_CONFIG, _activation_named, _is_keras3
 from lstmscope.readers.keras.modules import _modules
@@ -117,7 +116,7 @@ def _checkpoint(path: Path, fmt: str, found: _Listing) -> Checkpoint:
         shape = (ref.vocab, ref.width)
         return _isolated(path, lambda: _Reader(path).guarded(lambda r: r.load_embedding(fmt, ref.source, shape)))
 
-    return Checkpoint(path=path, format=found.kind, sha256=file_sha256(path), tensors=found.tensors,
+    return Checkpoint(path=path, format=found.kind, tensors=found.tensors,
                       modules=[m for m, _ in modules], _parameters=parameters, other_recurrent=found.others,
                       notes=found.notes, no_lstm_hint=hint, framework_version=found.version,
                       producer=None if found.version is None else f"Keras {found.version}",

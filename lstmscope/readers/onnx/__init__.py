@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from lstmscope.errors import CheckpointError, clean_message
-from lstmscope.fileio import file_sha256
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.onnx import graph as _graph
 from lstmscope.readers.onnx.feeds import state_feed
@@ -132,7 +131,7 @@ def _read(path: Path) -> Checkpoint:
     def tensor(key: str) -> np.ndarray:
         return _guarded(path, lambda: tensor_values(initializers[key], f"initializer '{key}'", base_dir))
 
-    return Checkpoint(path=path, format=ONNX, sha256=file_sha256(path), tensors=tensors, modules=modules,
+    return Checkpoint(path=path, format=ONNX, tensors=tensors, modules=modules,
                       _parameters=parameters, other_recurrent=others, no_lstm_hint=hint, single_layers=singles,
                       producer=producer, _tensor=tensor)
 
