@@ -16,10 +16,10 @@ from typing import Annotated, Optional
 import typer
 
 from lstmscope import __version__
-from lstmscope.errors import EXIT_BAD_INPUT, LstmscopeError, clean_message
+from lstmscope.options import parse_span
+from lstmscope.errors import (EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, LstmscopeError,
+                              clean_message)
 
-EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
 
 class _Command(typer.core.TyperCommand):
     """Usage lines as users write them: ``lstmscope run [OPTIONS] CHECKPOINT INPUT`` (Typer wraps required
@@ -99,7 +99,7 @@ def guarded(fn):
 def _version(value: bool) -> None:
     if value:
         sys.stdout.write(f"lstmscope {__version__}\n")
-        raise typer.Exit(0)
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
@@ -126,22 +126,11 @@ ModuleOpt = Annotated[Optional[str], typer.Option("--module", "-m", help="The LS
 @guarded
 def inspect(checkpoint: CheckpointArg, json_out: JsonOpt = False) -> None:
     """List the LSTM modules in a checkpoint with their inferred configuration."""
-    from lstmscope.readers import read_checkpoint
-    from lstmscope.jsonout import dumps, inspect_document
+    from lstmscope.api import inspect as do_inspect
 
-    ck = read_checkpoint(checkpoint)
-    if not ck.modules:
-        ck.module(None)  # raises the "holds no LSTM" error
-    cands = {m.name: ck.embedding_candidates(m) for m in ck.modules + ck.single_layers
-             if m.embedding is None and ck._tensor is not None and ck.format != "onnx"}
-    read = {"stubbed_globals": ck.stubbed_globals, "refused_calls": ck.refused_calls, "single_layers": ck.single_layers,
-            "candidates": cands, "notes": ck.notes}
-    if json_out:
-        sys.stdout.write(dumps(inspect_document(str(checkpoint), ck.sha256, ck.format, ck.modules, **read)) + "\n")
-    else:
-        from lstmscope.render import render_inspect
-
-        render_inspect(_stdout(), str(checkpoint), ck.format, ck.modules, version=ck.producer, **read)
+    res = do_inspect(checkpoint)
+    res.display_path = str(checkpoint)  # as the user wrote it (a pipe's, not its temporary copy)
+    _emit(res.to_dict, "render_inspect_result", res, json_out=json_out)
 
 
 InputArg = Annotated[Path, typer.Argument(metavar="INPUT", help="Input sequences: .npy, or .npz with the array (and optional 'lengths'). 2-D is (T, F); 3-D is (B, T, F).", show_default=False)]
@@ -228,7 +217,7 @@ def run(
     with _progress(not (quiet or json_out)) as progress:
         outcome = execute_run(RunOptions(
             checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-            dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=units,
+            dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=parse_span(units, "--units"),
             initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size, threads=threads,
             device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir), activation=activation,
             recurrent_activation=recurrent_activation, embedding=embedding, mask_value=mask_value, no_mask=no_mask,
@@ -239,7 +228,7 @@ def run(
 
     _emit(lambda: run_document(outcome), "render_run", outcome, json_out=json_out, quiet=quiet)
     if not outcome.view.all_ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DIFFERENT)
 
 
 @app.command("export-state", cls=_Command, short_help="Run, and save the final states.")
@@ -298,7 +287,7 @@ def export_state(
     _emit(lambda: export_document(outcome, path, meta, file_sha256(path), size), "render_export",
           outcome, path, meta, size, json_out=json_out, quiet=quiet)
     if not outcome.view.all_ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DIFFERENT)
 
 
 @app.command("import-state", cls=_Command, short_help="Make a snapshot of a foreign state file.")
@@ -318,34 +307,12 @@ def import_state(
     as np.savez(p, h=h, c=c) writes them), and lstmscope snapshots of any layout (torch, keras, onnx); writes
     the module's own framework's layout unless --layout says.
     """
-    from lstmscope.readers import read_checkpoint
-    from lstmscope.fileio import check_safetensors_name, check_target, file_sha256, refuse_overwriting_sources
-    from lstmscope.snapshot import (check_layout, default_layout, fit_state, read_state_file, snapshot_metadata,
-                                    state_tensors, write_snapshot)
+    from lstmscope.snapshot import import_state as do_import
 
-    refuse_overwriting_sources(output, file, checkpoint)
-    check_safetensors_name(output)
-    check_target(output, force)
-    ck = read_checkpoint(checkpoint)
-    mod = ck.module(module)
-    state = read_state_file(file, allow_torch=True)
-    batch = state.h_n.shape[1]
-    h0, c0 = fit_state(state, mod.display_name, mod.spec, batch)
-    kind = check_layout(layout or default_layout(mod.spec), mod.spec)
-    feed = mod.graph.state_feed(batch) if kind == "onnx" else None
-    meta = snapshot_metadata(mod.spec, batch_size=batch, dtype=str(h0.dtype), module=mod.prefix,
-                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths, layout=kind,
-                             feed=feed)
-    tensors = {**state_tensors(mod.spec, h0, c0, kind, feed), "output": state.output, "lengths": state.lengths}
-    write_snapshot(output, tensors, meta, force=force)
-    if json_out:
-        from lstmscope.jsonout import dumps
+    res = do_import(file, output, checkpoint, module=module, layout=layout, force=force)
+    from lstmscope.jsonout import import_document
 
-        sys.stdout.write(dumps({"schema": "lstmscope.import/1", "path": str(output), "sha256": file_sha256(output),
-                                "source": str(file), "source_kind": state.kind, "metadata": meta}) + "\n")
-    else:
-        held = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state_tensors(mod.spec, h0, c0, kind, feed).items())
-        _stdout().print(f"Wrote {output} from {file} ({state.kind}): {held}, module {mod.display_name}")
+    _emit(lambda: import_document(res), "render_import", res, json_out=json_out)
 
 
 @app.command("diff-states", cls=_Command, short_help="Compare two snapshots or traces.")
@@ -383,7 +350,7 @@ def diff_states(
 
     _emit(document, "render_diff", res, json_out=json_out, quiet=quiet)
     if not res.equal:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DIFFERENT)
 
 
 @app.command("compare", cls=_Command, short_help="Run one input through two sides; diff them.")
@@ -457,7 +424,7 @@ def compare(
 
             render_compare(_stdout(), res)
     if not res.equal:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DIFFERENT)
 
 
 @app.command("show-state", cls=_Command, short_help="Show a snapshot or a trace.")
@@ -493,12 +460,12 @@ def show_state(
     from lstmscope.snapshot import read_state_file, state_view
 
     state = read_state_file(snapshot)
-    view = state_view(state, num_directions=num_directions, batch_index=batch_index, units=units)
+    view = state_view(state, num_directions=num_directions, batch_index=batch_index, units=parse_span(units, "--units"))
     from lstmscope.jsonout import state_document
 
     _emit(lambda: state_document(state, view), "render_state", state, view, json_out=json_out)
     if not view.all_ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_DIFFERENT)
 
 
 
@@ -509,7 +476,8 @@ def _show_trace_file(path: Path, heatmap, layer, direction, batch_index, units, 
     from lstmscope.tracefile import read_trace
     from lstmscope.tracestats import summarize_trace
 
-    request = HeatmapRequest(heatmap, layer, direction, batch_index, units, steps)
+    request = HeatmapRequest(heatmap, layer, direction, batch_index, parse_span(units, "--units"),
+                             parse_span(steps, "--steps"))
     request.check_used(png is not None)
     t = read_trace(path)
     selection = None
@@ -574,7 +542,8 @@ def trace(
     from lstmscope.heatmap import HeatmapRequest
     from lstmscope.runner import RunOptions, trace as do_trace
 
-    request = HeatmapRequest(heatmap, layer, direction, batch_index, units, steps)
+    request = HeatmapRequest(heatmap, layer, direction, batch_index, parse_span(units, "--units"),
+                             parse_span(steps, "--steps"))
     request.check_used(png is not None)
     picture: dict = {}
 

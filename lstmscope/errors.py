@@ -1,9 +1,11 @@
 """Errors raised by the core. The CLI maps each to ``Error: <message>`` and its exit code.
 
-Exit codes for the whole tool:
-    0  success
-    1  a check failed, or states differ
-    2  usage error or bad input
+Exit codes for the whole tool (the CLI uses these names, never the numbers):
+    0    success
+    1    a check failed, or states differ
+    2    usage error or bad input
+    3    internal error (a bug)
+    130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lstmscope.errors import UsageError
-from lstmscope.report import parse_range
+from lstmscope.report import resolve_span
 from lstmscope.spec import LSTMSpec
 from lstmscope.tracefile import DIRECTIONS, QUANTITIES, layer_name, quantity_width
 
@@ -78,8 +78,8 @@ class HeatmapRequest:
     layer: str | None = None  # --layer: an index or a Keras layer name
     direction: str | None = None  # --direction
     batch_index: int | None = None  # --batch-index
-    units: str | None = None  # --units A:B
-    steps: str | None = None  # --steps A:B
+    units: tuple | None = None  # --units A:B, as lstmscope.options.parse_span gives it
+    steps: tuple | None = None  # --steps A:B, likewise
 
     @property
     def narrowing(self) -> list[str]:
@@ -117,8 +117,8 @@ class HeatmapRequest:
         else:
             size = "units" if spec.framework == "keras" else "hidden_size"
             what = f"this module has {width} units ({size})" + ("" if q == "h" else f" in {q}")
-        units = parse_range(self.units, width, "--units", what)
-        steps = parse_range(self.steps, time, "--steps", f"the input has {time} step{'s' if time != 1 else ''}")
+        units = resolve_span(self.units, width, "--units", what)
+        steps = resolve_span(self.steps, time, "--steps", f"the input has {time} step{'s' if time != 1 else ''}")
         return Selection(q, layer, direction, b % batch, units, steps)
 
 

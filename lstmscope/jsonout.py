@@ -251,3 +251,11 @@ def compare_document(res) -> dict:
         steps = {"equal": s["equal"], "first_step_over_tolerance": min(firsts) if firsts else None, "rows": s["rows"]}
     return {"schema": COMPARE_SCHEMA, "sides": {"a": res.a.to_dict(), "b": res.b.to_dict()}, "input": res.input or None,
             **doc, "equal": res.equal, "states_equal": res.diff.equal, "per_step": steps}
+
+
+def import_document(res) -> dict:
+    """The ``lstmscope.import/1`` document for an lstmscope.snapshot.ImportResult."""
+    from lstmscope.fileio import file_sha256
+
+    return {"schema": "lstmscope.import/1", "path": str(res.path), "sha256": file_sha256(res.path),
+            "source": str(res.source), "source_kind": res.source_kind, "metadata": res.meta}

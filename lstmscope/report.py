@@ -235,7 +235,7 @@ def build_view(
     time: int,
     layer_outputs: dict[int, "np.ndarray | LayerEnds"] | None = None,
     batch_index: int | None = None,
-    units: str | None = None,
+    units: tuple | None = None,  # a Span (lstmscope.options.parse_span)
     tolerance: float = CHECK_TOLERANCE,
     first_steps: np.ndarray | None = None,
 ) -> StateView:
@@ -275,7 +275,7 @@ def build_view(
                              f"{'s' if batch != 1 else ''} ({-batch}..{batch - 1}, negative counts from the end)")
         b %= batch
         view.value_batch = b
-        lo, hi = parse_units(units, spec.hidden_size, "units" if spec.framework == "keras" else "hidden_size")
+        lo, hi = resolve_units(units, spec.hidden_size, "units" if spec.framework == "keras" else "hidden_size")
         for row in view.rows:
             out = layer_outputs.get(row.layer)
             di = DIRECTIONS.index(row.direction)
@@ -293,22 +293,14 @@ def build_view(
     return view
 
 
-def parse_range(text: str | None, size: int, flag: str, what: str) -> tuple[int, int]:
-    """``A:B`` (a Python slice: B exclusive, either side optional, negative counts from the end) or ``A``
-    (one index) within ``0:size`` -> (start, stop); None -> (0, size). ``what`` says where ``size`` comes from
-    in the error."""
-    if text is None:
+def resolve_span(span, size: int, flag: str, what: str) -> tuple[int, int]:
+    """A Span (lstmscope.options.parse_span: (start, stop, text), Python slice bounds, None for an open side)
+    within ``0:size`` -> (start, stop); None -> (0, size). ``what`` says where ``size`` comes from in the error."""
+    if span is None:
         return 0, size
-    try:
-        if ":" in text:
-            a, _, b = text.partition(":")
-            lo = int(a) if a.strip() else 0
-            hi = int(b) if b.strip() else size
-        else:
-            lo = int(text)
-            hi = lo + 1 if lo != -1 else size
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a range; give A:B within 0:{size} (e.g. {flag} 0:{min(size, 8)})") from None
+    a, b, text = span
+    lo = 0 if a is None else a
+    hi = size if b is None else b
     raw = (lo, hi)
     lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else hi)
     if not (0 <= lo <= size and 0 <= hi <= size):
@@ -318,9 +310,8 @@ def parse_range(text: str | None, size: int, flag: str, what: str) -> tuple[int,
     return lo, hi
 
 
-def parse_units(text: str | None, width: int, width_name: str = "hidden_size") -> tuple[int, int]:
-    """'a:b' (Python slice, b exclusive; negative counts from the end), 'a' (one unit) or None (the first 8)
-    -> (start, stop), within 0:width (the same rule as the heatmap's --units)."""
-    if text is None:
+def resolve_units(span, width: int, width_name: str = "hidden_size") -> tuple[int, int]:
+    """``--units`` (a Span, or None: the first 8) -> (start, stop) within 0:width (the heatmap's --units rule)."""
+    if span is None:
         return 0, min(8, width)
-    return parse_range(text, width, "--units", f"{width_name} is {width}")
+    return resolve_span(span, width, "--units", f"{width_name} is {width}")

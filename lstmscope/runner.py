@@ -37,7 +37,7 @@ class RunOptions:
     dtype: str | None = None  # None: the checkpoint's dtype
     all_layers: bool = False
     batch_index: int | None = None
-    units: str | None = None
+    units: tuple | None = None  # --units as lstmscope.options.parse_span gives it (the front end parses the text)
     device: str = "cpu"
     initial_state: str | os.PathLike | None = None  # a state file whose h_n/c_n seed the run
     broadcast_state: bool = False  # allow a batch-1 initial state for a larger batch

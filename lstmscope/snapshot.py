@@ -573,7 +573,7 @@ def spec_from_state(state: StateFile, num_directions: int | None = None) -> LSTM
 
 
 def state_view(state: StateFile, *, num_directions: int | None = None, batch_index: int | None = None,
-               units: str | None = None):
+               units: tuple | None = None):
     """The per-(layer, direction) view ``show-state`` prints; the last layer is checked against
     ``output`` when the file holds it (at each sequence's last step, from ``lengths``)."""
     from lstmscope.report import build_view
@@ -602,3 +602,42 @@ def state_view(state: StateFile, *, num_directions: int | None = None, batch_ind
     if isinstance(onnx, dict) and onnx.get("layout") in (0, 1):
         view.graph_layout = onnx["layout"]
     return view
+
+
+@dataclass
+class ImportResult:
+    """What ``import-state`` wrote."""
+
+    path: Path
+    source: str
+    source_kind: str  # the state file's kind ("npz", "safetensors", "torch", "lstmscope snapshot v1")
+    module: str  # the module's display name
+    tensors: dict[str, tuple[int, ...]]  # the state tensors written -> shape
+    meta: dict[str, Any]
+
+
+def import_state(file: str | os.PathLike, output: str | os.PathLike, checkpoint: str | os.PathLike, *,
+                 module: str | None = None, layout: str | None = None, force: bool = False) -> ImportResult:
+    """A foreign state file (PyTorch's or Keras's layout, or a snapshot of any layout) as an lstmscope v1 snapshot
+    of ``checkpoint``'s module, in ``layout`` (default: the module's framework's)."""
+    from lstmscope.fileio import check_safetensors_name, check_target, refuse_overwriting_sources
+    from lstmscope.readers import read_checkpoint
+
+    output = Path(output)
+    refuse_overwriting_sources(output, file, checkpoint)
+    check_safetensors_name(output)
+    check_target(output, force)
+    ck = read_checkpoint(checkpoint)
+    mod = ck.module(module)
+    state = read_state_file(file, allow_torch=True)
+    batch = state.h_n.shape[1]
+    h0, c0 = fit_state(state, mod.display_name, mod.spec, batch)
+    kind = check_layout(layout or default_layout(mod.spec), mod.spec)
+    feed = mod.graph.state_feed(batch) if kind == "onnx" else None
+    meta = snapshot_metadata(mod.spec, batch_size=batch, dtype=str(h0.dtype), module=mod.prefix,
+                             checkpoint_sha256=ck.sha256, input_sha256=None, lengths=state.lengths, layout=kind,
+                             feed=feed)
+    states = state_tensors(mod.spec, h0, c0, kind, feed)
+    write_snapshot(output, {**states, "output": state.output, "lengths": state.lengths}, meta, force=force)
+    return ImportResult(output, str(file), state.kind, mod.display_name,
+                        {k: tuple(np.shape(v)) for k, v in states.items()}, meta)

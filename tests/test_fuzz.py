@@ -22,13 +22,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import resource
 import signal
 import struct
-import traceback
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -371,26 +368,6 @@ def write(workdir: Path, name: str, data: bytes) -> Path:
     return path
 
 
-# Bugs fuzzing found in code this file's author was not free to change, each reported with the
-# reproducer in test_known_bug_reproducers below (strict xfail: when one is fixed that test fails
-# until its entry here is deleted). Until then the fuzz tests tolerate exactly these exception types
-# escaping from exactly these functions, so they keep hunting for new bugs. LSTMSCOPE_FUZZ_STRICT=1
-# tolerates nothing.
-KNOWN_BUGS = {
-    # (module file, function the exception escaped from): exception types
-}
-
-
-def _known_bug(e: BaseException) -> bool:
-    if os.environ.get("LSTMSCOPE_FUZZ_STRICT"):
-        return False
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}lstmscope{os.sep}" in f.filename]
-    if not frames:
-        return False
-    where = (os.path.basename(frames[-1].filename), frames[-1].name)
-    return isinstance(e, KNOWN_BUGS.get(where, ()))
-
-
 def only_clean_errors(path: Path, load) -> object | None:
     """Run ``load``; a correct load returns its result, an LstmscopeError returns None after checking it
     is exit-2 class and names the file. Any other exception propagates and fails the example."""
@@ -403,11 +380,6 @@ def only_clean_errors(path: Path, load) -> object | None:
         assert path.name in e.message, e.message
         _event(f"refused: {type(e).__name__}")
         return None
-    except Exception as e:
-        if _known_bug(e):
-            _event(f"known bug: {type(e).__name__}")
-            return None
-        raise
     _event("loaded")
     return result
 
@@ -536,7 +508,7 @@ def test_seeds_load(workdir):
         assert only_clean_errors(path, lambda: _load_state(path)) is not None, i
 
 
-# --- reproducers of the KNOWN_BUGS (others' code): each must give a clean LstmscopeError --------------
+# --- regressions: inputs fuzzing once found escaping as other exceptions; each is one clean error now ---
 
 def _corrupt_deflate() -> bytes:
     raw = bytearray(_npz(compressed=True, x=X))
@@ -574,14 +546,9 @@ KNOWN_BUG_REPRODUCERS = {
 }
 
 
-_STILL_OPEN: set[str] = set()  # names of reproducers whose bug is not fixed yet (strict xfail)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="open: see KNOWN_BUGS"))
-                                  if n in _STILL_OPEN else n for n in KNOWN_BUG_REPRODUCERS])
+@pytest.mark.parametrize("name", list(KNOWN_BUG_REPRODUCERS))
 def test_known_bug_reproducers(workdir, name, monkeypatch):
     """Inputs fuzzing found that once escaped as other exceptions; each must now be one clean error."""
-    monkeypatch.setenv("LSTMSCOPE_FUZZ_STRICT", "1")
     data, load = KNOWN_BUG_REPRODUCERS[name]
     path = write(workdir, f"known_{name}", data)
     with pytest.raises(LstmscopeError) as info:

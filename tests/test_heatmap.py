@@ -70,18 +70,28 @@ def pooled_reference(a: np.ndarray, uf: int, sf: int) -> np.ndarray:
 
 # --- selection ----------------------------------------------------------------------------------------------
 
+def Request(quantity=None, **kw):
+    """A HeatmapRequest with --units/--steps parsed as the CLI parses them."""
+    from lstmscope.options import parse_span
+
+    for flag in ("units", "steps"):
+        if isinstance(kw.get(flag), str):
+            kw[flag] = parse_span(kw[flag], f"--{flag}")
+    return HeatmapRequest(quantity, **kw)
+
+
 def test_defaults_are_last_layer_forward_sequence_0_everything():
     spec = make_spec()
-    sel = HeatmapRequest("c").resolve(spec, 4, 30, tuple("hcifgo"))
+    sel = Request("c").resolve(spec, 4, 30, tuple("hcifgo"))
     assert sel == Selection("c", 1, 0, 0, (0, 13), (0, 30))
-    sel = HeatmapRequest("f", layer="-2", direction="bwd", batch_index=-1, units="3:", steps=":-10").resolve(
+    sel = Request("f", layer="-2", direction="bwd", batch_index=-1, units="3:", steps=":-10").resolve(
         spec, 4, 30, tuple("hcifgo"))
     assert sel == Selection("f", 0, 1, 3, (3, 13), (0, 20))
-    assert HeatmapRequest("g", direction="1", units="-1").resolve(spec, 4, 30, tuple("hcifgo")).units == (12, 13)
+    assert Request("g", direction="1", units="-1").resolve(spec, 4, 30, tuple("hcifgo")).units == (12, 13)
     # --png alone: h when traced, else the first quantity traced
-    assert HeatmapRequest().resolve(spec, 4, 30, ("c", "f")).quantity == "c"
+    assert Request().resolve(spec, 4, 30, ("c", "f")).quantity == "c"
     keras = make_spec(framework="keras", names=("encoder", "decoder"), bidirectional=False)
-    assert HeatmapRequest("h", layer="encoder").resolve(keras, 1, 5, tuple("hcifgo")).layer == 0
+    assert Request("h", layer="encoder").resolve(keras, 1, 5, tuple("hcifgo")).layer == 0
 
 
 @pytest.mark.parametrize("request_kw,fragments", [
@@ -101,21 +111,21 @@ def test_defaults_are_last_layer_forward_sequence_0_everything():
 def test_bad_selection_names_the_valid_range(request_kw, fragments):
     spec = make_spec(proj_size=4)
     with pytest.raises(UsageError) as e:
-        HeatmapRequest(**request_kw).resolve(spec, 4, 30, ("h", "c", "f"))
+        Request(**request_kw).resolve(spec, 4, 30, ("h", "c", "f"))  # --units a:b fails as it is parsed
     for frag in fragments:
         assert frag in e.value.message, (frag, e.value.message)
 
 
 def test_backward_on_a_unidirectional_module():
     with pytest.raises(UsageError, match="unidirectional"):
-        HeatmapRequest("h", direction="backward").resolve(make_spec(bidirectional=False), 1, 5, ("h",))
+        Request("h", direction="backward").resolve(make_spec(bidirectional=False), 1, 5, ("h",))
 
 
 def test_narrowing_without_a_picture_is_refused():
     with pytest.raises(UsageError, match="--layer, --units only narrow a picture"):
-        HeatmapRequest(layer="0", units="0:2").check_used(png=False)
-    HeatmapRequest(units="0:2").check_used(png=True)
-    HeatmapRequest("h", units="0:2").check_used(png=False)
+        Request(layer="0", units="0:2").check_used(png=False)
+    Request(units="0:2").check_used(png=True)
+    Request("h", units="0:2").check_used(png=False)
 
 
 # --- the grid -----------------------------------------------------------------------------------------------
@@ -133,7 +143,7 @@ def test_pooling_equals_numpy_on_the_file(tmp_path, time, max_cols, units, max_r
     tf = write_trace(tmp_path / "t.safetensors", spec, 3, time, lengths=lengths)
     raw = load_file(tmp_path / "t.safetensors")
     for b in range(3):
-        sel = HeatmapRequest("c", batch_index=b, units=units, direction="backward").resolve(
+        sel = Request("c", batch_index=b, units=units, direction="backward").resolve(
             spec, 3, time, tf.quantities)
         grid = heatmap_grid(tf, sel, max_cols, max_rows)
         assert (grid.steps_per_col, grid.units_per_row) == (sf, uf)
@@ -166,7 +176,7 @@ def test_steps_range_and_small_blocks_read_only_the_sequence(tmp_path, monkeypat
 
     monkeypatch.setattr(DiskArray, "read_flat", spy)
     monkeypatch.setattr(hm, "BLOCK_BYTES", 7 * 13 * 4)  # 7 steps a block: columns straddle blocks
-    sel = HeatmapRequest("f", layer="0", batch_index=2, steps="3:97").resolve(spec, 4, time, tf.quantities)
+    sel = Request("f", layer="0", batch_index=2, steps="3:97").resolve(spec, 4, time, tf.quantities)
     grid = heatmap_grid(tf, sel, 10, 40)
     want = pooled_reference(raw[2, 3:97], 1, 10)
     np.testing.assert_allclose(grid.values, want, rtol=1e-12, atol=1e-12, equal_nan=True)
@@ -198,7 +208,7 @@ def test_scale_rules():
 def test_grid_scale_for_c_is_from_the_cells(tmp_path):
     spec = make_spec()
     tf = write_trace(tmp_path / "t.safetensors", spec, 2, 12)
-    sel = HeatmapRequest("c").resolve(spec, 2, 12, tf.quantities)
+    sel = Request("c").resolve(spec, 2, 12, tf.quantities)
     grid = heatmap_grid(tf, sel, 5, 40)
     top = np.nanmax(np.abs(grid.values))
     assert (grid.scale.lo, grid.scale.hi) == (-top, top) and not grid.scale.fixed
@@ -233,7 +243,7 @@ def test_drawing_fits_without_colour(tmp_path, monkeypatch, width, quantity):
 
     spec = make_spec(hidden_size=100)
     tf = write_trace(tmp_path / "t.safetensors", spec, 2, 1000, lengths=[1000, 700])
-    sel = HeatmapRequest(quantity, batch_index=1).resolve(spec, 2, 1000, tf.quantities)
+    sel = Request(quantity, batch_index=1).resolve(spec, 2, 1000, tf.quantities)
     for no_color, system in ((False, None), (True, "truecolor")):  # a pipe, and NO_COLOR on a terminal
         text = draw((tf, sel), width, system, monkeypatch, no_color=no_color)
         lines = text.splitlines()
@@ -264,7 +274,7 @@ def test_drawing_with_colour(tmp_path, monkeypatch, width):
 
     spec = make_spec()
     tf = write_trace(tmp_path / "t.safetensors", spec, 1, 50)
-    sel = HeatmapRequest("g").resolve(spec, 1, 50, tf.quantities)
+    sel = Request("g").resolve(spec, 1, 50, tf.quantities)
     text = draw((tf, sel), width, "truecolor", monkeypatch)
     assert "\x1b[" in text and "48;2;" in text  # background colours
     plain = Text.from_ansi(text).plain
@@ -276,7 +286,7 @@ def test_drawing_with_colour(tmp_path, monkeypatch, width):
 def test_axis_labels_and_pooling_line(tmp_path, monkeypatch):
     spec = make_spec(hidden_size=4, num_layers=1, bidirectional=False)
     tf = write_trace(tmp_path / "t.safetensors", spec, 1, 10)
-    sel = HeatmapRequest("h", units="1:4").resolve(spec, 1, 10, tf.quantities)
+    sel = Request("h", units="1:4").resolve(spec, 1, 10, tf.quantities)
     lines = draw((tf, sel), 80, None, monkeypatch).splitlines()
     assert lines[0] == "Heatmap: h (hidden state h_t), layer 0 forward, sequence 0 (of 1)"
     assert lines[1] == "units 1:4 of 4 (rows), steps 0:10 of 10 (columns)"
@@ -422,7 +432,7 @@ def test_png_size_and_the_colour_of_a_set_cell(tmp_path):
 
     tf = write_trace(tmp_path / "t.safetensors", spec, 2, 20, set_values=set_values)
     for q, value in (("f", 0.9), ("c", -3.0)):
-        sel = HeatmapRequest(q).resolve(spec, 2, 20, tf.quantities)
+        sel = Request(q).resolve(spec, 2, 20, tf.quantities)
         png = tmp_path / f"{q}.png"
         res = write_png(png, tf, sel, figsize=(8, 4), dpi=50)
         img = imread(png)  # (height, width, RGBA) floats in 0..1
@@ -446,7 +456,7 @@ def test_png_refuses_overwrite_and_is_deterministic(tmp_path):
 
     spec = make_spec(hidden_size=5)
     tf = write_trace(tmp_path / "t.safetensors", spec, 2, 30, lengths=[30, 12])
-    sel = HeatmapRequest("c", batch_index=1).resolve(spec, 2, 30, tf.quantities)
+    sel = Request("c", batch_index=1).resolve(spec, 2, 30, tf.quantities)
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     write_png(a, tf, sel)
     write_png(b, tf, sel)  # the summary computed from the file

@@ -54,6 +54,18 @@ def describe_spec(spec: LSTMSpec) -> str:
     return ", ".join(parts)
 
 
+def render_inspect_result(console: Console, res) -> None:
+    """``inspect``: an lstmscope.api.InspectResult."""
+    res._render(console)
+
+
+def render_import(console: Console, res) -> None:
+    """``import-state``: what was written (an lstmscope.snapshot.ImportResult), as plain text (never markup)."""
+    held = ", ".join(f"{k} {shape}" for k, shape in res.tensors.items())
+    console.print(Text.assemble(("Wrote ", "bold"), str(res.path),
+                                f" from {res.source} ({res.source_kind}): {held}, module {res.module}"))
+
+
 def token_lines(m: LSTMModule, candidates: list[str] = ()) -> list[str]:
     """What inspect says of a module's token input: its embedding and mask, or the tensors --embedding may name."""
     out = []
