@@ -8,13 +8,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lstmscope.report import SliceStats, StateView
 from lstmscope.readers.base import LSTMModule
 from lstmscope.spec import LSTMSpec
+
+if TYPE_CHECKING:  # the typed results the core builds; imported for annotations only
+    from lstmscope.compare import DiffResult
+    from lstmscope.comparerun import CompareResult
+    from lstmscope.runner import RunOutcome
+    from lstmscope.snapshot import ImportResult, StateFile
 
 RUN_SCHEMA = "lstmscope.run/1"
 INSPECT_SCHEMA = "lstmscope.inspect/1"
@@ -104,7 +110,7 @@ def states_fields(view: StateView) -> dict:
     return doc
 
 
-def run_document(outcome) -> dict:
+def run_document(outcome: "RunOutcome") -> dict:
     """The ``lstmscope.run/1`` document for a :class:`lstmscope.runner.RunOutcome`."""
     ck, module, seqs, result, view = outcome.checkpoint, outcome.module, outcome.sequences, outcome.result, outcome.view
     return {
@@ -157,7 +163,7 @@ def onnx_shapes(view: StateView, *, with_y: bool) -> dict:
     return {"layout": view.graph_layout, "nodes": nodes}
 
 
-def nonfinite_fields(outcome) -> dict:
+def nonfinite_fields(outcome: "RunOutcome") -> dict:
     """NaN/Inf in the input and, per (layer, direction) that has any, in the final states."""
     return {"input": outcome.input_nonfinite, "states": outcome.nonfinite_states}
 
@@ -167,7 +173,7 @@ STATE_SCHEMA = "lstmscope.state/1"
 DIFF_SCHEMA = "lstmscope.diff/1"
 
 
-def export_document(outcome, path, meta: dict, sha256: str, size: int) -> dict:
+def export_document(outcome: "RunOutcome", path, meta: dict, sha256: str, size: int) -> dict:
     view = outcome.view
     return {
         "schema": EXPORT_SCHEMA,
@@ -183,7 +189,7 @@ def export_document(outcome, path, meta: dict, sha256: str, size: int) -> dict:
     }
 
 
-def state_document(state, view: StateView) -> dict:
+def state_document(state: "StateFile", view: StateView) -> dict:
     return {
         "schema": STATE_SCHEMA,
         "path": str(state.path),
@@ -196,7 +202,7 @@ def state_document(state, view: StateView) -> dict:
     }
 
 
-def diff_document(res) -> dict:
+def diff_document(res: "DiffResult") -> dict:
     """``lstmscope.diff/1``. ``kind`` says what was compared: "state" (snapshots) or "trace"; trace rows add
     ``quantity``, ``first_step_over_tolerance`` and ``per_step_max_abs_diff`` (null where every sequence is
     padding, or where NaN/Inf differ)."""
@@ -234,7 +240,7 @@ def _diff_row(r, trace: bool) -> dict:
 COMPARE_SCHEMA = "lstmscope.compare/1"
 
 
-def compare_document(res) -> dict:
+def compare_document(res: "CompareResult") -> dict:
     """``lstmscope.compare/1`` for a :class:`lstmscope.comparerun.CompareResult`: what each side was, the input,
     diff_document's fields for the final states and outputs (``rows``, ``equal``, ``comparable``,
     ``metadata_differences``: shape fields that differ under ``architecture``, cell fields under ``provenance``),
@@ -253,7 +259,7 @@ def compare_document(res) -> dict:
             **doc, "equal": res.equal, "states_equal": res.diff.equal, "per_step": steps}
 
 
-def import_document(res) -> dict:
+def import_document(res: "ImportResult") -> dict:
     """The ``lstmscope.import/1`` document for an lstmscope.snapshot.ImportResult."""
     from lstmscope.fileio import file_sha256
 

@@ -8,6 +8,8 @@ or an index expression is a ``Text`` so that brackets (``output[b, 0, 16:32]``) 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rich import box
@@ -21,6 +23,12 @@ from lstmscope.render.console import print_table
 from lstmscope.report import DIRECTIONS, StateView
 from lstmscope.readers.base import LSTMModule
 from lstmscope.spec import LSTMSpec
+
+if TYPE_CHECKING:  # the typed results the core builds; imported for annotations only
+    from lstmscope.api import InspectResult
+    from lstmscope.compare import DiffResult
+    from lstmscope.runner import RunOutcome
+    from lstmscope.snapshot import ImportResult, StateFile
 
 OK_STYLE = "bold green"
 BAD_STYLE = "bold red"
@@ -54,12 +62,12 @@ def describe_spec(spec: LSTMSpec) -> str:
     return ", ".join(parts)
 
 
-def render_inspect_result(console: Console, res) -> None:
+def render_inspect_result(console: Console, res: "InspectResult") -> None:
     """``inspect``: an lstmscope.api.InspectResult."""
     res._render(console)
 
 
-def render_import(console: Console, res) -> None:
+def render_import(console: Console, res: "ImportResult") -> None:
     """``import-state``: what was written (an lstmscope.snapshot.ImportResult), as plain text (never markup)."""
     held = ", ".join(f"{k} {shape}" for k, shape in res.tensors.items())
     console.print(Text.assemble(("Wrote ", "bold"), str(res.path),
@@ -433,7 +441,7 @@ def render_run_header(console: Console, *, checkpoint: str, fmt: str, module: LS
     console.print(grid)
 
 
-def render_run(console: Console, outcome) -> None:
+def render_run(console: Console, outcome: "RunOutcome") -> None:
     """The whole ``run`` report for a :class:`lstmscope.runner.RunOutcome`."""
     seqs, view = outcome.sequences, outcome.view
     lengths_text = None
@@ -449,7 +457,7 @@ def render_run(console: Console, outcome) -> None:
     render_view(console, view, view.output_shape(outcome.output_width), return_sequences=outcome.module.return_sequences)
 
 
-def render_export(console: Console, outcome, path, meta: dict, size: int) -> None:
+def render_export(console: Console, outcome: "RunOutcome", path, meta: dict, size: int) -> None:
     """The short summary ``export-state`` prints: norms per layer/direction and where the file went."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", title_style="bold",
                   title=f"Snapshot of module {outcome.module.display_name}")
@@ -469,7 +477,7 @@ def render_export(console: Console, outcome, path, meta: dict, size: int) -> Non
     render_verdict(console, outcome.view)
 
 
-def render_state(console: Console, state, view: StateView) -> None:
+def render_state(console: Console, state: "StateFile", view: StateView) -> None:
     """``show-state``: metadata, named shapes and the per-layer/direction table."""
     grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
@@ -500,7 +508,7 @@ def render_state(console: Console, state, view: StateView) -> None:
                 hint="output holds the last layer only; earlier layers cannot be checked from a snapshot.")
 
 
-def render_only_in(console: Console, res) -> None:
+def render_only_in(console: Console, res: "DiffResult") -> None:
     """The tensors a diff found in one file only (snapshots and traces alike)."""
     for side, names in (("A", res.only_in_a), ("B", res.only_in_b)):
         if names:
@@ -517,7 +525,7 @@ def _provenance_value(field: str, v) -> str:
     return str(v)
 
 
-def render_diff(console: Console, res) -> None:
+def render_diff(console: Console, res: "DiffResult") -> None:
     console.print(Text.assemble(("A ", "bold"), res.a, ("   B (reference) ", "bold"), res.b))
     console.print(Text(f"pass when |a - b| <= atol + rtol * |b|, atol={res.atol:g}, rtol={res.rtol:g}"
                        + (", NaN == NaN" if res.equal_nan else ""), style="dim"))
