@@ -14,6 +14,7 @@ report as ``Error: ...``). torch is imported only when something runs.
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,12 +33,22 @@ ARRAY_NAME = "<array>"  # how a numpy array given as input is named in results
 
 
 class _Shown:
-    """Shows as the command's Rich report: in Jupyter (text and HTML), with rich.print, and as str()."""
+    """Shows as the command's Rich report: in Jupyter (text and HTML), with rich.print, and as str(). A result
+    that wraps one core object names it (``_subject``), the function that builds its --json document and the
+    one that renders it, as (module, name); others override to_dict and _render."""
 
     _width = 100
+    _subject = "result"
+    _document: tuple[str, str] = ("", "")
+    _renderer: tuple[str, str] = ("", "")
 
-    def _render(self, console) -> None:  # pragma: no cover - each result has its own
-        raise NotImplementedError
+    def to_dict(self) -> dict:
+        """The document the command prints with --json."""
+        return _call(self._document, getattr(self, self._subject))
+
+    def _render(self, console) -> None:
+        module, name = self._renderer
+        getattr(importlib.import_module(module), name)(console, getattr(self, self._subject))
 
     def __rich_console__(self, console, options):
         from io import StringIO
@@ -69,6 +80,11 @@ class _Shown:
 
     def _repr_pretty_(self, p, cycle) -> None:  # IPython's plain-text repr
         p.text(str(self))
+
+
+def _call(where: tuple[str, str], *args):
+    module, name = where
+    return getattr(importlib.import_module(module), name)(*args)
 
 
 @dataclass
@@ -153,6 +169,9 @@ class RunResult(_Shown):
     """One run (``lstmscope run``): the final states, the output, the identity checks."""
 
     outcome: Any  # lstmscope.runner.RunOutcome
+    _subject = "outcome"
+    _document = ("lstmscope.jsonout", "run_document")
+    _renderer = ("lstmscope.render", "render_run")
 
     @property
     def h_n(self) -> np.ndarray:
@@ -191,16 +210,6 @@ class RunResult(_Shown):
     @property
     def warnings(self) -> list[str]:
         return list(self.outcome.warnings)
-
-    def to_dict(self) -> dict:
-        from lstmscope.jsonout import run_document
-
-        return run_document(self.outcome)
-
-    def _render(self, console) -> None:
-        from lstmscope.render import render_run
-
-        render_run(console, self.outcome)
 
 
 def _options(checkpoint: PathLike, x: Any, inputs: _Input, options: dict):
@@ -354,6 +363,8 @@ class DiffReport(_Shown):
     """``lstmscope diff-states``: per layer and direction (snapshots) or per step (traces)."""
 
     result: Any  # lstmscope.compare.DiffResult
+    _document = ("lstmscope.jsonout", "diff_document")
+    _renderer = ("lstmscope.render", "render_diff")
 
     @property
     def equal(self) -> bool:
@@ -362,16 +373,6 @@ class DiffReport(_Shown):
     @property
     def rows(self) -> list:
         return self.result.rows
-
-    def to_dict(self) -> dict:
-        from lstmscope.jsonout import diff_document
-
-        return diff_document(self.result)
-
-    def _render(self, console) -> None:
-        from lstmscope.render import render_diff
-
-        render_diff(console, self.result)
 
 
 def diff(a: PathLike, b: PathLike, *, atol: float | None = None, rtol: float | None = None, equal_nan: bool = False,
@@ -391,6 +392,8 @@ class CompareReport(_Shown):
     """``lstmscope compare``: one input through two sides, diffed."""
 
     result: Any  # lstmscope.comparerun.CompareResult
+    _document = ("lstmscope.jsonout", "compare_document")
+    _renderer = ("lstmscope.render.compare", "render_compare")
 
     @property
     def equal(self) -> bool:
@@ -403,16 +406,6 @@ class CompareReport(_Shown):
     @property
     def notes(self) -> list[str]:
         return list(self.result.notes)
-
-    def to_dict(self) -> dict:
-        from lstmscope.jsonout import compare_document
-
-        return compare_document(self.result)
-
-    def _render(self, console) -> None:
-        from lstmscope.render.compare import render_compare
-
-        render_compare(console, self.result)
 
 
 def compare(a: PathLike, b: PathLike | None = None, x: Any = None, **options) -> CompareReport:

@@ -70,10 +70,6 @@ class QuantityStats:
     dead_units: int  # units with at least one value, all equal (min == max)
     dead_unit_indices: list[int] = field(default_factory=list)  # the first DEAD_INDEX_CAP of them
 
-    @property
-    def label(self) -> str:
-        return f"{self.quantity} layer {self.layer} {self.direction}"
-
 
 @dataclass
 class DirectionStats:
