@@ -4,7 +4,8 @@
 
 writes two v1 snapshots of about that size each (almost all of it ``output``), runs
 ``python -m lstmscope diff-states A B --json`` on them, prints each run's wall time and peak RSS (the
-child's VmHWM) against the file size, and removes the files.
+child's VmHWM) against the file size, and the wall time of the baseline run just after it
+(benchmarks/block_pass.py: one float32 pass over the same bytes, read the same way), and removes the files.
 """
 
 from __future__ import annotations
@@ -121,10 +122,20 @@ def main() -> None:
         a, b = make_pair(tmp, int(ns.gib * 2**30))
         size = a.stat().st_size
         print(f"made 2 x {size / 2**30:.3f} GiB in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        with open(a, "rb") as f:
+            data_at = 8 + int.from_bytes(f.read(8), "little")  # every tensor is float32, stored after the header
+        count = (size - data_at) // 4
+        block_pass = [sys.executable, str(Path(__file__).resolve().parent / "block_pass.py"), str(a), str(b),
+                      str(data_at), str(data_at), str(count)]
         for _ in range(ns.runs):
             r = measure("diff-states", a, b, "--json")
+            t0 = time.perf_counter()
+            subprocess.run(block_pass, check=True, stdout=subprocess.DEVNULL)
+            base = time.perf_counter() - t0
             rows = json.loads(r["stdout"])["rows"] if r["stdout"] else []
-            print(json.dumps({"wall_s": round(r["wall_s"], 3), "cpu_s": round(r["cpu_s"], 3), "peak_rss_mib": round(r["rss_bytes"] / 2**20, 1),
+            print(json.dumps({"wall_s": round(r["wall_s"], 3), "block_pass_s": round(base, 3),
+                              "over_block_pass": round(r["wall_s"] / base, 2), "cpu_s": round(r["cpu_s"], 3),
+                              "peak_rss_mib": round(r["rss_bytes"] / 2**20, 1),
                               "rss_over_file": round(r["rss_bytes"] / size, 3), "exit": r["exit"],
                               "mismatched": sum(row["mismatched"] for row in rows), "stderr": r["stderr"][-300:]}))
 

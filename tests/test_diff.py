@@ -588,3 +588,32 @@ def test_diff_and_show_do_not_import_torch(invoke, snaps, tmp_path):
     pt.write_bytes(b"\x80\x02}q\x00.")  # a pickle protocol-2 header: sniffed as a torch file
     r = _lstmscope(env, "diff-states", pt, snaps["base"])
     assert r.returncode == 2 and "import-state" in r.stderr and "torch must not" not in r.stderr
+
+
+# Runs the CLI in this process's Python and prints the lstmscope / Rich modules it loaded, one per line.
+_MODULES_AFTER = """
+import sys
+from lstmscope.cli import app
+try:
+    app(sys.argv[1:], prog_name="lstmscope")
+except SystemExit:
+    pass
+sys.stderr.write("\\n".join(sorted(m for m in sys.modules if m.split(".")[0] in ("lstmscope", "rich", "torch"))))
+"""
+
+
+@pytest.mark.parametrize("mode", ["--json", "--quiet"])
+def test_diff_loads_no_rich_and_only_what_a_diff_needs(snaps, mode):
+    """diff-states --json / --quiet start without Rich (and so without the renderers), without the trace-diff
+    module for two snapshots, and (--quiet) without the JSON encoder; a table still loads Rich."""
+    r = subprocess.run([sys.executable, "-c", _MODULES_AFTER, "diff-states", str(snaps["base"]), str(snaps["h6"]), mode],
+                       capture_output=True, text=True, timeout=60)
+    loaded = set(r.stderr.split())
+    assert "lstmscope.compare" in loaded and "lstmscope.snapshot" in loaded, r.stderr  # the probe works
+    assert not {m for m in loaded if m.split(".")[0] in ("rich", "torch")}
+    assert not loaded & {"lstmscope.render", "lstmscope.tracediff", "lstmscope.report"} - (
+        {"lstmscope.report"} if mode == "--json" else set())  # jsonout needs report's types
+    assert ("lstmscope.jsonout" in loaded) == (mode == "--json")
+    r = subprocess.run([sys.executable, "-c", _MODULES_AFTER, "diff-states", str(snaps["base"]), str(snaps["h6"])],
+                       capture_output=True, text=True, timeout=60)
+    assert "rich" in r.stderr.split() and "lstmscope.render" in r.stderr.split()

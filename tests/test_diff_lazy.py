@@ -340,3 +340,117 @@ def test_big_snapshots_in_flat_memory(tmp_path):
     r = measure("show-state", b, "--json")
     assert r["exit"] == 0 and json.loads(r["stdout"])["ok"] is True, r["stderr"]
     assert r["rss_bytes"] < 0.5 * size, (r["rss_bytes"] >> 20, size >> 20)
+
+
+# --- The float32 path (compare._F32Block): float32 filters, float64 for the few elements they pick ---------------
+
+
+def _planted_f32(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 a, b of n values: b near a, beyond tolerance at a few places, exact zeros in b, NaN/Inf on
+    either side, an overflowing float32 difference and ratio, and a float32 tie that float64 breaks."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(n).astype(np.float32)
+    b = (a + a * np.float32(3e-7) * rng.standard_normal(n).astype(np.float32)).astype(np.float32)
+    pick = rng.choice(n, 40, replace=False)
+    b[pick[:8]] += np.float32(1e-3)  # over tolerance
+    b[pick[8:12]] = 0.0  # |b| = 0: rel inf where a differs
+    a[pick[12]], b[pick[12]] = np.nan, np.nan
+    a[pick[13]] = np.nan
+    b[pick[14]] = np.inf
+    a[pick[15]], b[pick[15]] = -np.inf, -np.inf
+    a[pick[16]], b[pick[16]] = np.float32(3e38), np.float32(-3e38)  # a - b overflows float32, not float64
+    a[pick[17]], b[pick[17]] = np.float32(1.0), np.float32(1e-45)  # |a - b| / |b| overflows float32
+    # float32 gives both differences the same value; float64 makes the second larger: the max is there
+    a[100], b[100] = np.float32(1 + 2**-21), np.float32(2**-30 * (1 + 2**-22))
+    a[101], b[101] = np.float32(1 + 2**-21), np.float32(2**-30)
+    return a, b
+
+
+@pytest.mark.parametrize("block", [1 << 17, 4099, 1000, 7], ids=["one-block", "4099", "1000", "7"])
+@pytest.mark.parametrize("plant", ["finite", "ties", "specials"])
+@pytest.mark.parametrize("atol,rtol", [(ATOL, RTOL), (0.0, 1e-6), (0.0, 0.0), (1e-2, 0.0)])
+def test_f32_path_equals_float64_numpy(tmp_path, monkeypatch, block, plant, atol, rtol):
+    """Float32 files through the float32 path, blocks that split the data unevenly (the last block short),
+    against plain float64 numpy over the whole arrays: every figure equal, the cosine to 1e-12."""
+    monkeypatch.setattr(compare, "BLOCK", block)
+    a, b = _planted_f32(12_345, seed=len(plant) + block % 97)
+    rng = np.random.default_rng(3)
+    if plant == "finite":  # no NaN/Inf and nothing overflowing: blocks take the float32 path throughout
+        bad = ~(np.isfinite(a) & np.isfinite(b)) | (np.abs(a) > 1e30) | (np.abs(b) < 1e-30)
+        a[bad], b[bad] = 1.0, 1.0
+    elif plant == "ties":  # float32 differences that tie in every block, which float64 tells apart
+        a[:] = np.float32(1 + 2**-23 * 4)
+        b[:] = np.float32(2**-30) * (1 + np.float32(2**-23) * rng.integers(0, 3, a.size)).astype(np.float32)
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    h = np.ones((1, 3, 5), np.float32)  # (layers * directions, batch, hidden): a state file needs h_n and c_n
+    safetensors.numpy.save_file({"h_n": h, "c_n": h, "output": a.reshape(3, -1, 5)}, str(pa))
+    safetensors.numpy.save_file({"h_n": h, "c_n": h, "output": b.reshape(3, -1, 5)}, str(pb))
+    row = diff_states(read_state_file(pa), read_state_file(pb), atol=atol, rtol=rtol).rows[-1]
+    assert row.tensor == "output" and not isinstance(read_state_file(pa).output, np.ndarray)  # read in blocks
+    assert_row(row, expected(a.reshape(3, -1, 5), b.reshape(3, -1, 5), atol, rtol))
+    row = compare_arrays(a, b, atol=atol, rtol=rtol, equal_nan=True, tensor="t")  # in memory, --equal-nan
+    assert_row(row, expected(a, b, atol, rtol, equal_nan=True))
+
+
+def test_f32_path_many_mismatches_and_subnormals(monkeypatch):
+    """Blocks where most elements are over tolerance (the float64 fallback) next to blocks that pass, and
+    subnormal float32 values, where float32 rounding is no longer relative."""
+    monkeypatch.setattr(compare, "BLOCK", 1000)
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(5500).astype(np.float32)
+    b = a.copy()
+    b[:2000] += np.float32(1e-2)  # two blocks all over tolerance
+    b[3000:3100] = (rng.integers(1, 50, 100) * np.float32(1e-45)).astype(np.float32)  # subnormal references
+    a[3100:3200] = (rng.integers(1, 50, 100) * np.float32(1e-45)).astype(np.float32)
+    b[3100:3200] = (rng.integers(1, 50, 100) * np.float32(1e-45)).astype(np.float32)
+    for atol, rtol in [(ATOL, RTOL), (0.0, 0.0), (1e-44, 0.0), (0.0, 0.5)]:
+        assert_row(compare_arrays(a, b, atol=atol, rtol=rtol, equal_nan=False, tensor="t"),
+                   expected(a, b, atol, rtol))
+
+
+def test_f32_path_matches_float64_path_bit_for_bit(tmp_path, monkeypatch):
+    """The float32 path gives what the float64 path gives for the same float32 files, cosine included
+    (its sums are taken from the same float64 values, block by block)."""
+    monkeypatch.setattr(compare, "BLOCK", 1000)
+    a, b = _planted_f32(9_999, seed=2)
+    bad = ~(np.isfinite(a) & np.isfinite(b))
+    a[bad], b[bad] = 0.5, 0.25
+    fast = compare_arrays(a, b, atol=ATOL, rtol=RTOL, equal_nan=False, tensor="t")
+    slow = compare_arrays(a.astype(np.float64), b.astype(np.float64), atol=ATOL, rtol=RTOL, equal_nan=False,
+                          tensor="t")
+    assert fast == slow
+
+
+@pytest.mark.parametrize("block", [1 << 17, 64, 7])
+def test_f32_path_where_float32_rounding_misleads(monkeypatch, block):
+    """Values where a float32 view alone gives a wrong answer, each against plain float64 numpy: two |a - b|
+    that tie in float32 (float64 puts the later one first), two |a - b| / |b| whose float32 order is the
+    reverse of float64's, and an atol that float32 rounds up (0.1), with one difference just above it."""
+    monkeypatch.setattr(compare, "BLOCK", block)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal(500).astype(np.float32)
+    b = a.copy()
+    b[50:60] *= np.float32(1 + 3e-3)  # a few over tolerance, far from the figures below (rel 3e-3)
+    a[100], b[100] = np.float32(1 + 2**-21), np.float32(2**-30 * (1 + 2**-22))  # float32: the same |a - b|
+    a[101], b[101] = np.float32(1 + 2**-21), np.float32(2**-30)  # float64: larger by 2**-52, so the max is here
+    assert np.abs(a[100] - b[100]) == np.abs(a[101] - b[101])  # the premise
+    for atol, rtol in [(ATOL, RTOL), (0.0, 0.0), (1e-2, 0.0), (2.0, 0.0)]:  # 2.0: every element within atol
+        row = compare_arrays(a, b, atol=atol, rtol=rtol, equal_nan=False, tensor="t")
+        assert_row(row, expected(a, b, atol, rtol))
+        assert row.max_abs_diff_at == [101]
+    a, b = a.copy(), a.copy()
+    b[50:60] *= np.float32(1 + 3e-3)
+    a[300], b[300] = np.float32(0.0009750547), np.float32(1.0032041)  # rel: float32 0.9990281, float64 0.99902806
+    a[301], b[301] = np.float32(0.00097471755), np.float32(1.0028875)  # rel: float32 0.999028, float64 0.99902809
+    assert abs(a[300] - b[300]) / abs(b[300]) > abs(a[301] - b[301]) / abs(b[301])  # the premise
+    assert abs(float(a[300]) - float(b[300])) / abs(float(b[300])) < abs(float(a[301]) - float(b[301])) / abs(float(b[301]))
+    for atol, rtol in [(ATOL, RTOL), (0.0, 0.0), (2.0, 0.0)]:
+        row = compare_arrays(a, b, atol=atol, rtol=rtol, equal_nan=False, tensor="t")
+        assert_row(row, expected(a, b, atol, rtol))
+        assert row.max_rel_diff == abs(float(a[301]) - float(b[301])) / abs(float(b[301]))
+    c, z = np.zeros(300, np.float32), np.zeros(300, np.float32)
+    c[[5, 200]] = np.float32(0.1)  # 0.10000000149 in float32: over atol = 0.1 in float64
+    c[[6, 201]] = np.float32(0.5)  # and a larger difference in the same block
+    row = compare_arrays(c, z, atol=0.1, rtol=0.0, equal_nan=False, tensor="t")
+    assert_row(row, expected(c, z, 0.1, 0.0))
+    assert row.mismatched == 4
