@@ -3,7 +3,7 @@
     python benchmarks/block_pass.py A B OFFSET_A OFFSET_B COUNT [BLOCK]
 
 reads COUNT float32 values from A at byte OFFSET_A and from B at OFFSET_B, BLOCK values at a time (the
-block ``lstmscope.compare`` uses), with positioned reads into two buffers allocated once (as
+block ``lstmscope.statediff`` uses), with positioned reads into two buffers allocated once (as
 ``diff-states`` reads), and makes one float32 pass over each pair of blocks: ``np.subtract`` into a third
 buffer. It prints the largest difference seen (from the last element of each block, so that the
 pass cannot be skipped and adds nothing but a scalar read). That is the least any diff of the same

@@ -890,7 +890,7 @@ def fig_diff_big(ctx: Ctx) -> list[Row]:
     size = (a.stat().st_size + b.stat().st_size) / 2
     (off_a, count), (off_b, count_b) = _data_span(a), _data_span(b)
     assert count == count_b
-    from lstmscope.compare import BLOCK
+    from lstmscope.statediff import BLOCK
 
     block_pass = [sys.executable, str(Path(__file__).resolve().parent / "block_pass.py"), str(a), str(b), str(off_a),
                   str(off_b), str(count), str(BLOCK)]

@@ -362,7 +362,7 @@ def trace(checkpoint: PathLike, x: Any, out: PathLike | None = None, *, quantiti
 class DiffReport(_Shown):
     """``lstmscope diff-states``: per layer and direction (snapshots) or per step (traces)."""
 
-    result: Any  # lstmscope.compare.DiffResult
+    result: Any  # lstmscope.statediff.DiffResult
     _document = ("lstmscope.jsonout", "diff_document")
     _renderer = ("lstmscope.render", "render_diff")
 
@@ -378,7 +378,7 @@ class DiffReport(_Shown):
 def diff(a: PathLike, b: PathLike, *, atol: float | None = None, rtol: float | None = None, equal_nan: bool = False,
          num_directions: int | None = None) -> DiffReport:
     """``lstmscope diff-states A B``: two snapshots (or state files), or two traces; B is the reference."""
-    from lstmscope.compare import DEFAULT_ATOL, DEFAULT_RTOL, diff_files
+    from lstmscope.statediff import DEFAULT_ATOL, DEFAULT_RTOL, diff_files
 
     atol = DEFAULT_ATOL if atol is None else atol
     rtol = DEFAULT_RTOL if rtol is None else rtol

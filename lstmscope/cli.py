@@ -337,7 +337,7 @@ def diff_states(
 
     An element passes when |a - b| <= atol + rtol * |b|; defaults are torch.testing's float32 ones.
     """
-    from lstmscope.compare import diff_files
+    from lstmscope.statediff import diff_files
 
     if atol < 0 or rtol < 0:
         raise fail("--atol and --rtol must be >= 0")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmscope.compare import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, compare_arrays
+from lstmscope.statediff import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, compare_arrays
 from lstmscope.errors import CheckpointError, InputError, UsageError, clean_message
 from lstmscope.readers import Checkpoint, LSTMModule, read_checkpoint
 from lstmscope.report import DIRECTIONS

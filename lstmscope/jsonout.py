@@ -17,7 +17,7 @@ from lstmscope.readers.base import LSTMModule
 from lstmscope.spec import LSTMSpec
 
 if TYPE_CHECKING:  # the typed results the core builds; imported for annotations only
-    from lstmscope.compare import DiffResult
+    from lstmscope.statediff import DiffResult
     from lstmscope.comparerun import CompareResult
     from lstmscope.runner import RunOutcome
     from lstmscope.snapshot import ImportResult, StateFile

@@ -1,7 +1,7 @@
-"""Compare two traces per (layer, direction, quantity), step by step: the figures of compare.py's rows plus, per
+"""Compare two traces per (layer, direction, quantity), step by step: the figures of statediff.py's rows plus, per
 row, the max |a - b| at every step and the first step over tolerance. numpy only.
 
-B is the reference (compare.py's rule: ``|a - b| <= atol + rtol * |b|``, the same NaN/Inf rules). Steps past
+B is the reference (statediff.py's rule: ``|a - b| <= atol + rtol * |b|``, the same NaN/Inf rules). Steps past
 a sequence's length are padding and count nowhere. Files are read a block of steps at a time.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstmscope.arrays import DiskArray
-from lstmscope.compare import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, DiffRow, _Cosine, _cosine_sums, nonfinite_diff
+from lstmscope.statediff import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, DiffRow, _Cosine, _cosine_sums, nonfinite_diff
 from lstmscope.report import DIRECTIONS
 from lstmscope.snapshot import PROVENANCE_FIELDS
 from lstmscope.tracefile import TraceFile

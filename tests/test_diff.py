@@ -2,7 +2,7 @@
 
 Expected numbers are computed here with numpy in float64 from the tensors that the safetensors
 library reads back; the pass rule is the README's ``|a - b| <= atol + rtol * |b|`` with B the
-reference. Property tests drive ``lstmscope.compare`` with hypothesis.
+reference. Property tests drive ``lstmscope.statediff`` with hypothesis.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from safetensors import safe_open
 
-from lstmscope.compare import compare_arrays, diff_states
+from lstmscope.statediff import compare_arrays, diff_states
 from lstmscope.snapshot import StateFile
 
 B, T, F, H = 3, 6, 4, 5
@@ -410,7 +410,7 @@ def test_cli_identical_tiny_values_clean(tmp_path):
     assert r.stderr == ""
 
 
-# --- property tests on lstmscope.compare --------------------------------------------------------------
+# --- property tests on lstmscope.statediff --------------------------------------------------------------
 
 PROP = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -609,7 +609,7 @@ def test_diff_loads_no_rich_and_only_what_a_diff_needs(snaps, mode):
     r = subprocess.run([sys.executable, "-c", _MODULES_AFTER, "diff-states", str(snaps["base"]), str(snaps["h6"]), mode],
                        capture_output=True, text=True, timeout=60)
     loaded = set(r.stderr.split())
-    assert "lstmscope.compare" in loaded and "lstmscope.snapshot" in loaded, r.stderr  # the probe works
+    assert "lstmscope.statediff" in loaded and "lstmscope.snapshot" in loaded, r.stderr  # the probe works
     assert not {m for m in loaded if m.split(".")[0] in ("rich", "torch")}
     assert not loaded & {"lstmscope.render", "lstmscope.tracediff", "lstmscope.report"} - (
         {"lstmscope.report"} if mode == "--json" else set())  # jsonout needs report's types

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from safetensors import safe_open
 
-import lstmscope.compare as compare
+import lstmscope.statediff as compare
 from helpers import assert_one_error_line
-from lstmscope.compare import compare_arrays, diff_states
+from lstmscope.statediff import compare_arrays, diff_states
 from lstmscope.errors import StateError
 from lstmscope.snapshot import read_state_file
 

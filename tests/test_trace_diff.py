@@ -156,7 +156,7 @@ def test_float32_against_float64_per_step(files):
 
 def test_small_blocks_give_the_same_figures(files, monkeypatch):
     """Time blocks of a few steps (STEP_BLOCK elements): the figures do not depend on where blocks end."""
-    import lstmscope.compare as compare
+    import lstmscope.statediff as compare
     import lstmscope.tracediff as tracediff
     from lstmscope.jsonout import diff_document, dumps
 

@@ -26,7 +26,7 @@ from lstmscope.spec import LSTMSpec
 
 if TYPE_CHECKING:  # the typed results the core builds; imported for annotations only
     from lstmscope.api import InspectResult
-    from lstmscope.compare import DiffResult
+    from lstmscope.statediff import DiffResult
     from lstmscope.runner import RunOutcome
     from lstmscope.snapshot import ImportResult, StateFile
 
