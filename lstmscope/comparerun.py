@@ -288,7 +288,7 @@ def compare_run(o: CompareOptions) -> CompareResult:
             notes.append("note: per step, onnxruntime hands back h (Y) but not c, so c is compared at the last "
                          "step only")
         notes.append(f"note: per-step values of {'side A' if ort else 'both sides'} come from lstmscope's stepwise "
-                     "engine (the fused kernel keeps no per-step c); the final states above come from each side's "
+                     "engine (the fused kernel keeps no per-step c); the final states come from each side's "
                      "own engine")
     inp = {"path": str(seqs.path), "key": seqs.key, "layout": seqs.layout, "batch": seqs.batch, "time": seqs.time,
            "features": seqs.features, "lengths": None if seqs.lengths is None else seqs.lengths.tolist(),

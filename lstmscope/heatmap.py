@@ -90,7 +90,8 @@ class HeatmapRequest:
     def check_used(self, png: bool) -> None:
         """Narrowing options need something to narrow: --heatmap or --png."""
         if self.quantity is None and not png and self.narrowing:
-            raise UsageError(f"{', '.join(self.narrowing)} only narrow a picture; add --heatmap h|c|i|f|g|o "
+            verb = "narrows" if len(self.narrowing) == 1 else "narrow"
+            raise UsageError(f"{', '.join(self.narrowing)} only {verb} a picture; add --heatmap h|c|i|f|g|o "
                              "(a terminal heatmap) or --png FILE")
 
     def resolve(self, spec: LSTMSpec, batch: int, time: int, quantities: tuple[str, ...]) -> Selection:

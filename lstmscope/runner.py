@@ -218,6 +218,10 @@ def resolve_embedding(ck: Checkpoint, module: LSTMModule, seqs: Sequences, key: 
                      f"{spec.input_size} named like an embedding (--embedding KEY names another)")
         return ref
     what = f"{where} holds token ids ({seqs.source.dtype} {tuple(seqs.source.shape)})"
+    if spec.framework in ("keras", "onnx") and not cands:
+        feeder = "an Embedding layer" if spec.framework == "keras" else "a Gather of an embedding initializer"
+        raise InputError(f"{what}, but module '{module.display_name}' of {ck.path.name} does not read its input "
+                         f"from {feeder}; give float features (B, T, {spec.input_size})")
     if not cands:
         raise InputError(f"{what}, but {ck.path.name} has no embedding for module '{module.display_name}': no 2-D "
                          f"tensor of width {spec.input_size} (its input_size); give float features "

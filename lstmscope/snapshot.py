@@ -522,7 +522,7 @@ def fit_state(state: StateFile, module: str, spec: LSTMSpec, batch: int, *, broa
                 problems.append("a one-layer state seeds one layer: pass --module "
                                 + " or --module ".join(spec.names))
         else:
-            problems.append(f"h_n has {have} layer*direction slices, the model needs {ld} "
+            problems.append(f"h_n has {have} (layer, direction) slice{'s' if have != 1 else ''}, the model needs {ld} "
                             f"({_count(spec.num_layers, 'layer')} x {_count(spec.num_directions, 'direction')})")
     h_name, c_name = ("h", "c") if keras else ("h_n", "c_n")
     if state.h_n.shape[2] != p:

@@ -384,7 +384,7 @@ def test_state_that_does_not_fit_lists_every_field(invoke, tmp_path):
     for field, have, want in (("num_layers", 2, 1), ("num_directions", 2, 1), ("hidden_size", 6, HID),
                               ("proj_size", 2, 0), ("input_size", 5, F)):
         assert f"{field} is {have}, the model has {want}" in line, (field, line)
-    assert "h_n has 4 layer*direction slices" in line
+    assert "h_n has 4 (layer, direction) slices" in line
     assert "h_n is 2 wide" in line
     assert "c_n is 6 wide" in line
     assert f"batch 2, the input has {B}" in line
@@ -394,7 +394,7 @@ def test_foreign_state_that_does_not_fit_lists_every_tensor_problem(invoke, tmp_
     path = tmp_path / "foreign.npz"
     np.savez(path, h_n=rand(2, 1, 3), c_n=rand(2, 1, 5))
     line = assert_one_error_line(invoke("run", UNI, good_x, "--initial-state", path), path)
-    assert "2 layer*direction slices" in line and "h_n is 3 wide" in line and "c_n is 5 wide" in line
+    assert "2 (layer, direction) slices" in line and "h_n is 3 wide" in line and "c_n is 5 wide" in line
     assert "batch 1" in line and "--broadcast-state" in line
 
 

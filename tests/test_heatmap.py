@@ -366,7 +366,7 @@ def assert_refused(r, *paths, fragments=()):
     (["--heatmap", "c", "-b", "3"], ["--batch-index 3", "0..2"]),
     (["--heatmap", "g", "--quantities", "h,c"], ["--heatmap g", "--quantities h,c"]),
     (["--heatmap", "z"], ["--heatmap z"]),
-    (["--units", "0:2"], ["--units only narrow a picture"]),
+    (["--units", "0:2"], ["--units only narrows a picture"]),
     (["--png", "{png}", "--units", "0:9"], ["--units 0:9"]),
 ])
 def test_cli_bad_heatmap_options_write_nothing(tmp_path, runner, model, args, fragments):

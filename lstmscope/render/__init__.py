@@ -278,6 +278,7 @@ def render_states(console: Console, view: StateView) -> None:
     if view.keras or view.onnx:  # layer names can be long: the table keeps numbers readable with indexes
         names = ", ".join(f"{i} = {view.layer_name(i)}" for i in range(view.spec.num_layers))
         console.print(Padding(Text(f"layer {names}", style="dim"), (0, 0, 0, 2)))
+        console.print()
 
 
 def render_checks(console: Console, view: StateView, hint: str | None) -> None:

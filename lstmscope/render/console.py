@@ -161,3 +161,4 @@ def _print_stacked(console: Console, table) -> None:
             console.print(Text(line), soft_wrap=True)
         if table.rows[r].end_section and r != rows - 1:
             console.print()
+    console.print()  # as a table's own bottom margin: a heading or verdict after it stands apart
