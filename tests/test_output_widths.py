@@ -78,13 +78,18 @@ CASES = {
 
 
 def _run(work: Path, case: str, width: int | None):
+    """The command in the samples' folder, with the file names as a user types them there."""
     from typer.testing import CliRunner
 
     from lstmscope.cli import app
 
-    args = [str(work / a) if (work / a).exists() or a.endswith(".safetensors") else a for a in CASES[case]]
     env = {"NO_COLOR": "1", "COLUMNS": str(width or 80), "TTY_COMPATIBLE": "1" if width else "0"}
-    r = CliRunner().invoke(app, args, env=env)
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        r = CliRunner().invoke(app, CASES[case], env=env)
+    finally:
+        os.chdir(here)
     assert r.exit_code in (0, 1), (r.exit_code, r.stderr)
     return r
 

@@ -14,11 +14,10 @@ import numpy as np
 
 from rich import box
 from rich.console import Console
-from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from lstmscope.render.console import print_table
+from lstmscope.render.console import print_note, print_table
 
 from lstmscope.report import DIRECTIONS, StateView
 from lstmscope.readers.base import LSTMModule
@@ -70,8 +69,8 @@ def render_inspect_result(console: Console, res: "InspectResult") -> None:
 def render_import(console: Console, res: "ImportResult") -> None:
     """``import-state``: what was written (an lstmscope.snapshot.ImportResult), as plain text (never markup)."""
     held = ", ".join(f"{k} {shape}" for k, shape in res.tensors.items())
-    console.print(Text.assemble(("Wrote ", "bold"), str(res.path),
-                                f" from {res.source} ({res.source_kind}): {held}, module {res.module}"))
+    print_note(console, Text.assemble(("Wrote ", "bold"), str(res.path),
+                                      f" from {res.source} ({res.source_kind}): {held}, module {res.module}"), indent=0)
 
 
 def token_lines(m: LSTMModule, candidates: list[str] = ()) -> list[str]:
@@ -162,7 +161,7 @@ def render_keras_shapes(console: Console, view: StateView, output_shape: list[in
         notes.append(f"{view.layer_name(spec.num_layers - 1)} has return_sequences=False: Keras returns only y[:, -1]; "
                      "the whole y is shown here so the relation can be checked.")
     for n in notes:
-        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+        print_note(console, n)
 
 
 def _dir(view: StateView, direction: str) -> str:
@@ -213,7 +212,7 @@ def render_onnx_shapes(console: Console, view: StateView, output_shape: list[int
     if lay1:
         notes.append("layout 1: the graph keeps X, Y, Y_h and Y_c batch-first.")
     for n in notes:
-        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+        print_note(console, n)
 
 
 def render_shapes(console: Console, view: StateView, output_shape: list[int] | None,
@@ -252,7 +251,7 @@ def render_shapes(console: Console, view: StateView, output_shape: list[int] | N
         notes.append(f"proj_size={spec.proj_size}: h_n and output are {spec.proj_size} wide, "
                      f"c_n is hidden_size={spec.hidden_size} wide and never appears in output.")
     for n in notes:
-        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+        print_note(console, n)
 
 
 def render_states(console: Console, view: StateView) -> None:
@@ -273,11 +272,11 @@ def render_states(console: Console, view: StateView) -> None:
                           end_section=(j == 1 and r is not view.rows[-1]))
     print_table(console, table)
     if any(r.h_n.nonfinite or r.c_n.nonfinite for r in view.rows):
-        console.print(Padding(Text("mean, std, min, max and norm are over the finite values of a slice; its "
-                                   "NaN/Inf values are counted next to its name", style="dim"), (0, 0, 0, 2)))
+        print_note(console, "mean, std, min, max and norm are over the finite values of a slice; its "
+                            "NaN/Inf values are counted next to its name")
     if view.keras or view.onnx:  # layer names can be long: the table keeps numbers readable with indexes
         names = ", ".join(f"{i} = {view.layer_name(i)}" for i in range(view.spec.num_layers))
-        console.print(Padding(Text(f"layer {names}", style="dim"), (0, 0, 0, 2)))
+        print_note(console, f"layer {names}")
         console.print()
 
 
@@ -307,7 +306,7 @@ def render_checks(console: Console, view: StateView, hint: str | None) -> None:
     if len(view.checks) < len(view.rows) and hint:
         notes.append(hint.replace("output holds", f"{view.output_name} holds") if view.keras or view.onnx else hint)
     for n in notes:
-        console.print(Padding(Text(n, style="dim"), (0, 0, 0, 2)))
+        print_note(console, n)
 
 
 MASK_ROWS = 16  # sequences listed in the per-sequence mask table; the rest are counted
@@ -349,8 +348,7 @@ def render_mask_table(console: Console, view: StateView) -> None:
         table.add_row(*cells)
     print_table(console, table)
     if batch > MASK_ROWS:
-        console.print(Padding(Text(f"... and {batch - MASK_ROWS} more sequences (--json lists them all)", style="dim"),
-                              (0, 0, 0, 2)))
+        print_note(console, f"... and {batch - MASK_ROWS} more sequences (--json lists them all)")
 
 
 def render_values(console: Console, view: StateView) -> None:
@@ -474,7 +472,7 @@ def render_export(console: Console, outcome: "RunOutcome", path, meta: dict, siz
     listed = ", ".join([f"{k} {shape}" for k, shape in states.items()] + extra) if len(states) <= 4 else \
         ", ".join([f"{len(states)} state tensors ({', '.join(list(states)[:2])}, ...), each "
                    f"{next(iter(states.values()))}"] + extra)
-    console.print(Text.assemble(("Wrote ", "bold"), str(path), f"  ({size:,} bytes; {listed})"))
+    print_note(console, Text.assemble(("Wrote ", "bold"), str(path), f"  ({size:,} bytes; {listed})"), indent=0)
     render_verdict(console, outcome.view)
 
 

@@ -162,3 +162,68 @@ def _print_stacked(console: Console, table) -> None:
         if table.rows[r].end_section and r != rows - 1:
             console.print()
     console.print()  # as a table's own bottom margin: a heading or verdict after it stands apart
+
+
+ATOM_MAX = 24  # a group longer than this may break inside, between its own top-level parts
+
+
+def _atoms(text: str, top: int = 0) -> list[str]:
+    """Words of ``text``, a parenthesised or bracketed group or a quoted name counted as one word, so a line
+    break never falls inside ``(1, 3, 8)``, ``y[:, -1]`` or ``'/lstm/Slice_output_0'``. A group longer than
+    ATOM_MAX breaks between its own parts (its inner groups stay whole). ``top``: the bracket depth breaks are
+    allowed at (0: outside every group)."""
+    out: list[str] = []
+    depth, quote = 0, False
+    for word in text.split(" "):
+        if out and (depth > top or quote):
+            out[-1] += " " + word
+        else:
+            out.append(word)
+        for ch in word:
+            if ch in "([":
+                depth += 1
+            elif ch in ")]" and depth > 0:
+                depth -= 1
+            elif ch == "'":
+                quote = not quote
+    if top == 0:
+        split: list[str] = []
+        for atom in out:
+            split += _atoms(atom, 1) if len(atom) > ATOM_MAX and " " in atom and atom[:1] in "([" else [atom]
+        return split
+    return out
+
+
+def wrap_atomic(text: str, width: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` between atoms (an atom wider than that is folded)."""
+    lines: list[str] = []
+    line = ""
+    for atom in _atoms(text):
+        if line and len(line) + 1 + len(atom) > width:
+            lines.append(line)
+            line = atom
+        else:
+            line = atom if not line else f"{line} {atom}"
+        while len(line) > width:  # one atom wider than the console (a long path): folded, as Rich folds it
+            lines.append(line[:width])
+            line = line[width:]
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
+def print_note(console: Console, text, *, indent: int = 2, style: str = "dim") -> None:
+    """One note (a str, or a Rich Text whose style is kept per line), wrapped to the console's width without
+    breaking groups (see _atoms); in a pipe, one line."""
+    from rich.text import Text
+
+    t = text if isinstance(text, Text) else Text(text, style=style)
+    if is_pipe(console):
+        console.print(Text(" " * indent) + t, soft_wrap=True)
+        return
+    plain, pos = t.plain, 0
+    for line in wrap_atomic(plain, max(10, console.width - indent)):
+        at = plain.find(line, pos)
+        piece = t[at:at + len(line)] if at >= 0 else Text(line, style=style)
+        pos = at + len(line) if at >= 0 else pos
+        console.print(Text(" " * indent) + piece, soft_wrap=True)

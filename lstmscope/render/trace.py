@@ -7,12 +7,11 @@ import math
 
 from rich import box
 from rich.console import Console
-from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from lstmscope.render import BAD_STYLE, DIR_SHORT, OK_STYLE, _num, render_only_in
-from lstmscope.render.console import layout_width, print_table
+from lstmscope.render.console import layout_width, print_note, print_table
 
 SPARK = "▁▂▃▄▅▆▇█"  # per-step profile levels, low to high
 SPARK_ASCII = ".:-=+*#@"  # the same where the console cannot print Unicode
@@ -44,12 +43,11 @@ def render_trace_diff(console: Console, res) -> None:
         table.add_row(str(r.layer), DIR_SHORT[r.direction], r.quantity, _num(r.max_abs_diff, ".2e"), at, first,
                       f"{r.mismatched_pct:.3g}%", mark)
     print_table(console, table)
-    console.print(Padding(Text("at: (sequence, step, unit) of the max |diff|; 1st over: the first step with an "
-                               "element over tolerance; % over: elements over it", style="dim"), (0, 0, 0, 2)))
+    print_note(console, "at: (sequence, step, unit) of the max |diff|; 1st over: the first step with an "
+                        "element over tolerance; % over: elements over it")
     names = {r.layer: r.tensor.split("/")[0] for r in res.rows}
     if any(n != f"layer{i}" for i, n in names.items()):
-        console.print(Padding(Text("layer " + ", ".join(f"{i} = {n}" for i, n in sorted(names.items())),
-                                   style="dim"), (0, 0, 0, 2)))
+        print_note(console, "layer " + ", ".join(f"{i} = {n}" for i, n in sorted(names.items())))
     _render_step_profile(console, res.rows, res.atol)
     render_only_in(console, res)
     if res.equal:
@@ -178,13 +176,12 @@ def render_trace(console: Console, *, meta: dict, layout: dict, summary, spec, m
         mem.add_row(str(d.layer), DIR_SHORT[d.direction], _num(d.forget_mean), memory, _num(d.max_abs_c), at)
     print_table(console, mem)
     if names:
-        console.print(Padding(Text("layer " + ", ".join(f"{i} = {n}" for i, n in enumerate(names)), style="dim"),
-                              (0, 0, 0, 2)))
+        print_note(console, "layer " + ", ".join(f"{i} = {n}" for i, n in enumerate(names)))
     nonfinite = any(r.non_finite for r in stats.rows)
     for figure, meaning in FIGURE_NOTES:
         if figure == "values" or (figure == "non-finite" and not nonfinite):
             continue  # not in the tables above
-        console.print(Padding(Text(f"{figure}: {meaning}", style="dim"), (0, 0, 0, 2)))
+        print_note(console, f"{figure}: {meaning}")
     if nonfinite:
         bad = ", ".join(f"{r.quantity} layer {r.layer} {DIR_SHORT[r.direction]}: {r.non_finite}"
                         for r in stats.rows if r.non_finite)
@@ -329,5 +326,5 @@ def _flow(console: Console, entries: list[str], sep: str, style: str = "") -> No
 
 def render_png_written(console: Console, result) -> None:
     """``--png``: what was written (plot.PngResult)."""
-    console.print(Text.assemble(("Wrote ", "bold"), str(result.path),
-                                f"  ({result.width}x{result.height} pixels: {result.what})"))
+    print_note(console, Text.assemble(("Wrote ", "bold"), str(result.path),
+                                      f"  ({result.width}x{result.height} pixels: {result.what})"), indent=0)
