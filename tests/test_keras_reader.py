@@ -338,16 +338,6 @@ def test_keras3_vars_name_mismatch_is_refused(tmp_path):
 
 # --- real Keras 3 -------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def keras():
-    os.environ["KERAS_BACKEND"] = "torch"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import keras
-    assert keras.backend.backend() == "torch"
-    return keras
-
-
 def _model(keras):
     """One functional model with every case: a stack through Dropout, different widths, relu/hard_sigmoid,
     Bidirectional stack (concat) and every other merge_mode, go_backwards, use_bias=False, a nested Sequential

@@ -10,7 +10,6 @@ tensors and ``output`` must equal Keras's to 1e-5. Keras is imported once per te
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -18,15 +17,6 @@ from safetensors.numpy import load_file, save_file
 
 TOL = 1e-5
 SAMPLE = __import__("conftest").SAMPLES / "forecaster.keras"
-
-
-@pytest.fixture(scope="session")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("Keras runs on another backend here; these tests use the torch backend")
-    return keras
 
 
 def _standalone(keras, layer):

@@ -12,7 +12,6 @@ once per test session; models are built once per module.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
@@ -37,15 +36,6 @@ IDS_EMPTY = np.array([[0, 0, 3, 4, 5, 6, 7],
                       [1, 2, 3, 4, 0, 0, 0],
                       [1, 0, 0, 2, 3, 0, 4],
                       [0, 0, 0, 0, 0, 0, 0]], dtype=np.int64)
-
-
-@pytest.fixture(scope="session")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("Keras runs on another backend here; these tests use the torch backend")
-    return keras
 
 
 def _np(keras, out):
