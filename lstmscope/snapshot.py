@@ -352,7 +352,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray | DiskArray], di
     A dtype numpy lacks (BF16, F8_*) is refused, whatever numpy extensions happen to be loaded (ml_dtypes,
     which onnx and Keras bring, would otherwise let the safetensors library hand such tensors over)."""
     from lstmscope.dtypes import NUMPY
-    from lstmscope.readers.safetensors import read_header
+    from lstmscope.safetensors_header import read_header
 
     layout, meta = read_header(path, StateError)
     odd = {k: dtype for k, (dtype, _, _, _) in layout.items() if dtype not in NUMPY}

@@ -193,7 +193,7 @@ def trace_meta(raw: dict[str, str] | None) -> dict[str, Any] | None:
 def is_trace(path: str | Path) -> bool:
     """True when ``path`` is a safetensors file carrying an ``lstmscope.trace`` metadata entry (by content)."""
     from lstmscope import sniff as sn
-    from lstmscope.readers.safetensors import read_header
+    from lstmscope.safetensors_header import read_header
 
     from lstmscope.fileio import spool
 
@@ -212,7 +212,7 @@ def read_trace(path: str | os.PathLike) -> TraceFile:
     for anything else, saying what it is."""
     from lstmscope.dtypes import NUMPY
     from lstmscope.fileio import check_source, spool
-    from lstmscope.readers.safetensors import read_header
+    from lstmscope.safetensors_header import read_header
 
     path = spool(Path(path), "trace", StateError)
     check_source(path, "trace (.safetensors)", StateError)
