@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lstmscope.report import SliceStats, StateView
-from lstmscope.readers.base import LSTMModule
-from lstmscope.spec import LSTMSpec
-
-if TYPE_CHECKING:  # the typed results the core builds; imported for annotations only
+if TYPE_CHECKING:  # the typed results the core builds, and their parts; imported for annotations only
+    from lstmscope.readers.base import LSTMModule
+    from lstmscope.report import SliceStats, StateView
+    from lstmscope.spec import LSTMSpec
     from lstmscope.statediff import DiffResult
     from lstmscope.comparerun import CompareResult
     from lstmscope.runner import RunOutcome
