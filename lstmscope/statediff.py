@@ -58,14 +58,6 @@ class DiffRow:
     def mismatched_pct(self) -> float:
         return 100.0 * self.mismatched / self.total if self.total else 0.0
 
-    @property
-    def label(self) -> str:
-        if self.quantity is not None:
-            return self.tensor
-        if self.layer is None:
-            return self.tensor
-        return f"{self.tensor} layer {self.layer} {self.direction}"
-
 
 @dataclass
 class DiffResult:
