@@ -256,6 +256,14 @@ def run(checkpoint: PathLike, x: Any, **options) -> RunResult:
     return RunResult(outcome)
 
 
+def _in_api_terms(e: LstmscopeError) -> LstmscopeError:
+    """A core error whose advice names a CLI flag, reworded for keyword arguments (``--force`` -> ``force=True``)."""
+    if "--force" in e.message:
+        e.message = e.message.replace("pass --force", "pass force=True").replace("--force", "force=True")
+        e.args = (e.message,)
+    return e
+
+
 def export_state(checkpoint: PathLike, x: Any, out: PathLike, *, include_output: bool = False, force: bool = False,
                  layout: str | None = None, state_dtype: str | None = None, **options) -> RunResult:
     """``lstmscope export-state CHECKPOINT INPUT -o OUT``: run and write the snapshot; the result is the run's,
@@ -267,6 +275,8 @@ def export_state(checkpoint: PathLike, x: Any, out: PathLike, *, include_output:
         outcome, path, meta = do_export(_options(checkpoint, x, inputs, options), out, include_output=include_output,
                                         force=force, layout=layout, state_dtype=state_dtype)
         _named(outcome, x)
+    except LstmscopeError as e:
+        raise _in_api_terms(e) from None
     finally:
         inputs.close()
     res = RunResult(outcome)
@@ -349,6 +359,8 @@ def trace(checkpoint: PathLike, x: Any, out: PathLike | None = None, *, quantiti
         outcome = do_trace(_options(checkpoint, x, inputs, options), target, quantities=quantities, order=order,
                            force=force)
         _named(outcome, x)
+    except LstmscopeError as e:
+        raise _in_api_terms(e) from None
     finally:
         inputs.close()
         if folder is not None:

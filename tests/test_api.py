@@ -124,6 +124,12 @@ def test_errors_are_lstmscope_errors(tmp_path):
         lstmscope.run(S / "uni_1layer.pt", np.zeros((2, 5, 7), np.float32))
     with pytest.raises(lstmscope.LstmscopeError):
         lstmscope.compare(S / "uni_1layer.pt")
+    target = tmp_path / "s.safetensors"
+    lstmscope.export_state(S / "uni_1layer.pt", S / "batch.npy", target)
+    with pytest.raises(lstmscope.LstmscopeError, match=r"force=True") as info:
+        lstmscope.export_state(S / "uni_1layer.pt", S / "batch.npy", target)
+    assert "--force" not in str(info.value)
+    lstmscope.export_state(S / "uni_1layer.pt", S / "batch.npy", target, force=True)
 
 
 def test_results_show_as_the_commands_report():
