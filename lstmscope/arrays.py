@@ -12,20 +12,20 @@ size before anything is allocated, so a header that claims terabytes is refused 
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import warnings
-import zlib
 import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from lstmscope.errors import LstmscopeError
+
+if TYPE_CHECKING:
+    import zipfile
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER = 1 << 16  # numpy itself refuses headers over 10,000 bytes by default
@@ -207,6 +207,8 @@ def parse_npy_header(f: BinaryIO, where: str, error: type[LstmscopeError]) -> tu
     if len(text) < size:
         raise error(f"{where} is truncated inside its .npy header")
     try:
+        import ast  # here, not at import: only .npy headers need it
+
         header = ast.literal_eval(text.decode("utf8" if major == 3 else "latin1"))
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         raise error(f"{where}: the .npy header is not readable; the file is corrupt") from None
@@ -252,6 +254,9 @@ def npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: st
                error: type[LstmscopeError]) -> DiskArray | np.ndarray:
     """An .npz member: a DiskArray when it is stored uncompressed (``np.savez``: positioned reads
     straight from the archive), else the decompressed array (``np.savez_compressed``)."""
+    import zipfile
+    import zlib
+
     if info.flag_bits & 0x1:
         raise error(f"{where} is encrypted; lstmscope reads plain .npz archives (np.savez)")
     if info.compress_type == zipfile.ZIP_STORED:

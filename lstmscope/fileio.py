@@ -7,9 +7,7 @@ removed and the target is untouched. An existing target is only replaced with ``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -52,6 +50,8 @@ def spool(path: Path, what: str, error: type[LstmscopeError]) -> Path:
     import atexit
     import shutil
     import sys
+
+    import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="lstmscope-stream-"))
     atexit.register(shutil.rmtree, folder, True)
@@ -128,6 +128,8 @@ def atomic_writer(path: Path, force: bool) -> Iterator[BinaryIO]:
     path = Path(path)
     check_target(path, force)
     try:
+        import tempfile  # here: the torch-free commands that only read start without it
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
@@ -157,6 +159,8 @@ def _replace(tmp: str, path: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
+    import hashlib  # here: a hash is asked for rarely (lazily, see Checkpoint.sha256)
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

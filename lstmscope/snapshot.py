@@ -11,11 +11,9 @@ of the content: header keys sorted, tensors in name order, header padded to 8 by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +67,8 @@ def canonical_json(obj: Any) -> str:
 
 
 def array_sha256(a: np.ndarray) -> str:
+    import hashlib
+
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
@@ -331,6 +331,8 @@ def read_state_file(path: str | os.PathLike, *, allow_torch: bool = False) -> St
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every member, each checked against its size before anything is allocated (never pickles)."""
+    import zipfile
+
     from lstmscope.arrays import DiskArray, npz_member
 
     try:

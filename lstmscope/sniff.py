@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +134,8 @@ def _looks_like_onnx(path: Path, head: bytes) -> bool:
 
 
 def _sniff_zip(path: Path) -> Sniffed:
+    import zipfile  # here: only a file that starts like a zip needs it
+
     try:
         if not zipfile.is_zipfile(path):
             return Sniffed(DAMAGED_ZIP, "a damaged or truncated zip archive (an interrupted download?)")
