@@ -158,11 +158,19 @@ class DiskArray:
         flat = out.reshape(-1)
         width = int(np.prod(inner, dtype=np.int64))
         if rows.size and width:
-            breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one read each
             with self.open() as f:
-                for s, e in zip([0, *breaks.tolist()], [*breaks.tolist(), rows.size]):
+                for s, e in consecutive_runs(rows):  # runs of consecutive rows: one read each
                     self.read_flat(f, int(rows[s]) * width, flat[s * width:e * width])
         return out
+
+
+def consecutive_runs(values: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) positions in a 1-D ``values`` of its stretches of consecutive integers (``[3, 4, 5, 9]`` ->
+    ``[(0, 3), (3, 4)]``): one read, write or label per stretch."""
+    if values.size == 0:
+        return []
+    breaks = (np.flatnonzero(np.diff(values) != 1) + 1).tolist()
+    return list(zip([0, *breaks], [*breaks, int(values.size)]))
 
 
 def _native(a: np.ndarray) -> np.ndarray:

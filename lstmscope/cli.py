@@ -170,6 +170,19 @@ def _notes(outcome) -> None:
         sys.stderr.write(f"warning: {warning}\n")
 
 
+def _run_options(params: dict, *, exclude: tuple[str, ...] = ()):
+    """The RunOptions a command's parameters name (every RunOptions field among them, but ``exclude``), in the
+    core's terms: ``--units`` parsed, ``--tmp-dir`` a string."""
+    from lstmscope.runner import RunOptions
+
+    opts = {k: v for k, v in params.items() if k in RunOptions.__dataclass_fields__ and k not in exclude}
+    if opts.get("tmp_dir") is not None:
+        opts["tmp_dir"] = str(opts["tmp_dir"])
+    if "units" in opts:
+        opts["units"] = parse_span(opts["units"], "--units")
+    return RunOptions(**opts)
+
+
 def _progress(enabled: bool):
     """A Rich progress bar on stderr, for terminals only; nothing is imported when it is off."""
     if not enabled or not sys.stderr.isatty():
@@ -211,17 +224,11 @@ def run(
 
     Exits 1 when an h_n slice does not equal its place in output (max |diff| > 1e-6).
     """
-    from lstmscope.runner import RunOptions, execute_run
+    opts = _run_options(locals())
+    from lstmscope.runner import execute_run
 
     with _progress(not (quiet or json_out)) as progress:
-        outcome = execute_run(RunOptions(
-            checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-            dtype=dtype, all_layers=all_layers, batch_index=batch_index, units=parse_span(units, "--units"),
-            initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size, threads=threads,
-            device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir), activation=activation,
-            recurrent_activation=recurrent_activation, embedding=embedding, mask_value=mask_value, no_mask=no_mask,
-            padding=padding,
-        ), progress=progress)
+        outcome = execute_run(opts, progress=progress)
     _notes(outcome)
     from lstmscope.jsonout import run_document
 
@@ -267,18 +274,13 @@ def export_state(
     Bidirectional), each (batch, units). ONNX modules: the graph's state inputs (initial_h/initial_c as each
     node takes them), ready to feed to onnxruntime with the next chunk. --layout picks another.
     """
+    opts = _run_options(locals())
     from lstmscope.fileio import file_sha256
-    from lstmscope.runner import RunOptions, export_state as do_export
+    from lstmscope.runner import export_state as do_export
 
     with _progress(not (quiet or json_out)) as progress:
-        outcome, path, meta = do_export(RunOptions(
-            checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-            dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, chunk_size=chunk_size,
-            threads=threads, device=device, tmp_dir=None if tmp_dir is None else str(tmp_dir),
-            activation=activation, recurrent_activation=recurrent_activation, embedding=embedding,
-            mask_value=mask_value, no_mask=no_mask, padding=padding,
-        ), output, include_output=include_output, force=force, progress=progress, layout=layout,
-            state_dtype=state_dtype)
+        outcome, path, meta = do_export(opts, output, include_output=include_output, force=force, progress=progress,
+                                        layout=layout, state_dtype=state_dtype)
     _notes(outcome)
     size = path.stat().st_size
     from lstmscope.jsonout import export_document
@@ -538,8 +540,9 @@ def trace(
     is NaN. The metadata entry lstmscope.trace (canonical JSON) names the module, spec, dtype, time order and
     the sha256 of every input.
     """
+    opts = _run_options(locals(), exclude=("units", "batch_index"))  # those two are the heatmap's here
     from lstmscope.heatmap import HeatmapRequest
-    from lstmscope.runner import RunOptions, trace as do_trace
+    from lstmscope.runner import trace as do_trace
 
     request = HeatmapRequest(heatmap, layer, direction, batch_index, parse_span(units, "--units"),
                              parse_span(steps, "--steps"))
@@ -563,14 +566,8 @@ def trace(
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="lstmscope-trace-", dir=tmp_dir))
             target = Path(folder) / "trace.safetensors"
         with _progress(not (quiet or json_out)) as progress:
-            outcome = do_trace(RunOptions(
-                checkpoint=checkpoint, input=input, module=module, key=key, lengths=lengths, time_major=time_major,
-                dtype=dtype, initial_state=initial_state, broadcast_state=broadcast_state, threads=threads,
-                device=device, activation=activation, recurrent_activation=recurrent_activation,
-                chunk_size=chunk_size, tmp_dir=None if tmp_dir is None else str(tmp_dir), embedding=embedding,
-                mask_value=mask_value, no_mask=no_mask, padding=padding,
-            ), target, quantities=quantities, order=order, force=force, check=check if wanted else None,
-                progress=progress)
+            outcome = do_trace(opts, target, quantities=quantities, order=order, force=force,
+                               check=check if wanted else None, progress=progress)
         _trace_results(outcome, output is not None, heatmap, png, picture, force, quiet, json_out)
 
 

@@ -242,7 +242,9 @@ def compare_run(o: CompareOptions) -> CompareResult:
     warnings: list[str] = []
     mask = build_mask(mod_a, seqs, o, notes, warnings)
     notes += [f"warning: {w}" for w in warnings]
-    mask = mask if mask is not None and mask.masks_anything else None
+    from lstmscope.masking import active
+
+    mask = active(mask)
     lengths = seqs.lengths
     if mask is not None:  # both sides read the steps A's mask keeps, compacted (see lstmscope.masking)
         data_a, data_b, lengths = mask.compact(data_a), mask.compact(data_b), mask.run_lengths

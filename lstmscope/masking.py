@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from lstmscope.arrays import consecutive_runs
 from lstmscope.errors import InputError
 
 FILLS = ("repeat", "zero")  # a masked step's output: the previous output again (zeros before any), or zeros
@@ -118,10 +119,9 @@ class StepMask:
         def read(start: int, stop: int) -> np.ndarray:
             want = pos[:, start:stop]  # (B, n)
             steps = np.unique(want)
-            breaks = np.nonzero(np.diff(steps) != 1)[0] + 1
             out = None
-            for run in np.split(steps, breaks):
-                lo, hi = int(run[0]), int(run[-1]) + 1
+            for a, z in consecutive_runs(steps):
+                lo, hi = int(steps[a]), int(steps[z - 1]) + 1
                 block = read_steps(lo, hi)
                 if out is None:
                     out = np.zeros((self.batch, stop - start, block.shape[2]), dtype=block.dtype)
@@ -165,6 +165,33 @@ class StepMask:
         Steps never written are zeros."""
         return ExpandingSink(self, put_row, self.targets(backwards_in_place), fill or self.fill)
 
+    def scatter(self, start: int, block: np.ndarray, flipped: bool, put_row) -> None:
+        """A block of compacted steps (B, n, W) (``flipped``: each sequence's reversed, per the run lengths) put at
+        the input steps they read: ``put_row(b, t0, rows)`` per stretch of consecutive steps. The compacted
+        padding (and a wholly masked sequence's throwaway step) is not data and is left out."""
+        from lstmscope.sequences import unflip_pieces
+
+        pos, n = self.positions, block.shape[1]
+        for b in range(block.shape[0]):
+            pieces = unflip_pieces(self.run_lengths[b], start, n) if flipped else [(0, n, start, False)]
+            for lo, hi, at, rev in pieces:
+                rows = block[b, lo:hi][::-1] if rev else block[b, lo:hi]
+                keep = np.arange(at, at + hi - lo) < self.counts[b]
+                if not keep.any():
+                    continue
+                rows, ts = rows[keep], pos[b, np.arange(at, at + hi - lo)[keep]]
+                for a, z in consecutive_runs(ts):
+                    put_row(b, int(ts[a]), rows[a:z])
+
+    def fill_skipped(self, put_row, dtype, width: int, piece: int = 4096) -> None:
+        """NaN at every step the mask skipped, through ``put_row(b, t0, rows)``, ``piece`` steps at a time."""
+        for b in range(self.batch):
+            skipped = np.flatnonzero(~self.valid[b])
+            for a, z in consecutive_runs(skipped):
+                lo, hi = int(skipped[a]), int(skipped[z - 1]) + 1
+                for t in range(lo, hi, piece):
+                    put_row(b, t, np.full((min(hi, t + piece) - t, width), np.nan, dtype=dtype))
+
     def output_steps(self, backwards_in_place: bool) -> tuple[np.ndarray, np.ndarray]:
         """(B,) each, the expanded output steps holding the last step read (where the final state is) going
         forward and going backward: (last valid, first valid) for a layer whose output is in input order;
@@ -179,6 +206,11 @@ class StepMask:
         """What a snapshot or trace records of the mask: its source, fill and each sequence's valid steps."""
         return {"source": self.source, "fill": self.fill, "valid_steps": self.counts.tolist(),
                 "first_valid": self.first.tolist(), "last_valid": self.last.tolist()}
+
+
+def active(mask: StepMask | None) -> StepMask | None:
+    """The mask when it skips any step, else None: a run needs no compaction for a mask that masks nothing."""
+    return mask if mask is not None and mask.masks_anything else None
 
 
 def mask_from_rule(rule: MaskRule, read_steps: Callable[[int, int], np.ndarray], batch: int, time: int, *,
@@ -234,8 +266,7 @@ class ExpandingSink:
                 continue
             tg = self.targets[b, start:stop]
             vals = chunk[b, : stop - start]
-            cuts = np.nonzero(np.diff(tg) != 1)[0] + 1
-            for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [tg.size]])):
+            for lo, hi in consecutive_runs(tg):
                 t0 = int(tg[lo])
                 self._repeat(b, int(self.last_t[b]) + 1, t0)
                 self.put_row(b, t0, vals[lo:hi])

@@ -14,7 +14,7 @@ import numpy as np
 
 from lstmscope.readers import Checkpoint, LSTMModule, read_checkpoint
 from lstmscope.errors import InputError, UsageError
-from lstmscope.masking import StepMask
+from lstmscope.masking import StepMask, active
 from lstmscope.report import LayerEnds, StateView, build_view
 from lstmscope.sequences import Sequences, load_sequences
 from lstmscope.spec import LSTMSpec
@@ -292,7 +292,7 @@ def execute_run(opts: RunOptions, *, progress=None, sink_for=None) -> RunOutcome
     if h0 is not None and spec.bidirectional:
         notes.append("note: bidirectional model: the backward direction's initial state enters at the last time "
                      "step, so a chunked run cannot equal the whole run (the backward pass needs the future)")
-    mask = p.mask if p.mask is not None and p.mask.masks_anything else None
+    mask = active(p.mask)
     chunk = plan_chunks(opts, spec, seqs)
     from lstmscope import engine
     from lstmscope.sequences import reverse_steps
@@ -535,7 +535,7 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     run_dtype = opts.dtype or spec.dtype
     np_dtype = "float32" if run_dtype == "bfloat16" else run_dtype  # bfloat16 traces come back as float32
     params = ck.parameters(module)
-    mask = p.mask if p.mask is not None and p.mask.masks_anything else None
+    mask = active(p.mask)
     if mask is not None and order != "input":
         raise UsageError("--order processing with a mask: a masked trace is stored in input order only (each step "
                          "at the input step it read; skipped steps NaN)")
@@ -564,7 +564,7 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
             summary.add(layer, ("forward", "backward")[direction], quantity, start, block, flipped=flipped)
             name = tensor_name(spec, layer, direction, quantity)
             if mask is not None:
-                _put_compacted(w, name, mask, start, block, flipped)
+                mask.scatter(start, block, flipped, lambda b, t0, rows: w.put_row_steps(name, b, t0, rows))
             elif flipped != stored_flipped(direction):
                 w.put_reversed_steps(name, start, block, lens)
             else:
@@ -574,7 +574,8 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
         if mask is not None:
             for name, (dt, shape) in layout.items():  # skipped steps hold NaN, like padding
                 if len(shape) == 3:
-                    _fill_skipped(w, name, mask, np.dtype(dt), shape[2])
+                    mask.fill_skipped(lambda b, t0, rows, name=name: w.put_row_steps(name, b, t0, rows),
+                                      np.dtype(dt), shape[2])
             w.put("valid", mask.valid.astype(np.uint8))
             data = mask.compact(seqs.data) if chunk is None else None
             read_steps, time = mask.compact_reader(seqs.read_steps), mask.run_time
@@ -597,41 +598,3 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
         for r in stats.rows:
             r.steps = seqs.time
     return TraceOutcome(module, seqs, out_path, meta, layout, notes, threads, stats, chunk, p.warnings)
-
-
-def _put_compacted(w, name: str, mask: StepMask, start: int, block: np.ndarray, flipped: bool) -> None:
-    """Write a block of compacted steps (``flipped``: each sequence's reversed, per the run lengths) at the input
-    steps they read, in contiguous runs per sequence."""
-    from lstmscope.sequences import unflip_pieces
-
-    pos, counts, run = mask.positions, mask.counts, mask.run_lengths
-    n = block.shape[1]
-    for b in range(block.shape[0]):
-        if flipped:
-            pieces = [(lo, hi, at, rev) for lo, hi, at, rev in unflip_pieces(run[b], start, n)]
-        else:
-            pieces = [(0, n, start, False)]
-        for lo, hi, at, rev in pieces:
-            rows = block[b, lo:hi][::-1] if rev else block[b, lo:hi]
-            ks = np.arange(at, at + hi - lo)
-            keep = ks < counts[b]  # compacted padding (and a wholly masked sequence's throwaway step): not data
-            if not keep.any():
-                continue
-            ks, rows = ks[keep], rows[keep]
-            ts = pos[b, ks]
-            cuts = np.nonzero(np.diff(ts) != 1)[0] + 1
-            for a, z in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [ts.size]])):
-                w.put_row_steps(name, b, int(ts[a]), rows[a:z])
-
-
-def _fill_skipped(w, name: str, mask: StepMask, dtype: np.dtype, width: int) -> None:
-    """NaN at every step a mask skipped (the writer's file is zeros until written)."""
-    for b in range(mask.batch):
-        skipped = np.flatnonzero(~mask.valid[b])
-        if not skipped.size:
-            continue
-        cuts = np.nonzero(np.diff(skipped) != 1)[0] + 1
-        for run in np.split(skipped, cuts):
-            for a in range(int(run[0]), int(run[-1]) + 1, 4096):
-                m = min(int(run[-1]) + 1, a + 4096) - a
-                w.put_row_steps(name, b, a, np.full((m, width), np.nan, dtype=dtype))

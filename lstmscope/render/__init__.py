@@ -316,8 +316,10 @@ def _runs(steps: np.ndarray) -> str:
     """Step indexes as ranges: [0, 1, 2, 5] -> "0-2, 5"."""
     if steps.size == 0:
         return "-"
-    cuts = np.nonzero(np.diff(steps) != 1)[0] + 1
-    parts = [f"{int(r[0])}-{int(r[-1])}" if r.size > 1 else str(int(r[0])) for r in np.split(steps, cuts)]
+    from lstmscope.arrays import consecutive_runs
+
+    parts = [f"{int(steps[a])}-{int(steps[z - 1])}" if z - a > 1 else str(int(steps[a]))
+             for a, z in consecutive_runs(steps)]
     return ", ".join(parts[:4]) + (f", ... ({len(parts) - 4} more runs)" if len(parts) > 4 else "")
 
 
