@@ -232,6 +232,7 @@ def _f64_block(x: np.ndarray, y: np.ndarray, d: np.ndarray, t: np.ndarray, e: np
 
 
 _F32 = np.dtype(np.float32)
+_REL_FLOOR_MIN = 1e-30  # a block's float32 ratios decide against the running max rel only above this (normal range)
 
 
 def _below32(v: float) -> np.float32:
@@ -253,7 +254,7 @@ class _F32Block:
     |diff| and its first place, the max rel). A block where the float32 view is not conclusive (NaN/Inf,
     an overflowing difference or ratio, more than one element in eight picked) is computed by _f64_block
     itself. The cosine's sums are _cosine_sums of the float64 values, as before. The max rel of a block is
-    computed only when it can beat the blocks before (a bound, max |a - b| / min |b|, says when not).
+    computed again in float64 only when its float32 maximum can beat the blocks before.
     """
 
     def __init__(self, m: int, atol: float, rtol: float, equal_nan: bool):
@@ -306,12 +307,8 @@ class _F32Block:
             at, dmax = int(idx[k]), float(dd[k])
             if rel_floor == math.inf:
                 return _BlockStats(bad, at, dmax, 0.0, False, self.cosine_sums(x, y))
-            np.abs(y, out=t)
-            if rel_floor >= 0.0:  # every |a - b| / |b| here is at most dmax / min |b|, rounding included
-                ymin = float(t.min())
-                if ymin > 0.0 and dmax / ymin <= rel_floor:
-                    return _BlockStats(bad, at, dmax, 0.0, False, self.cosine_sums(x, y))
-            np.divide(d, t, out=t)  # d / 0 is inf; 0 / 0 is NaN
+            np.divide(d, y, out=t)  # |a - b| / b: d / 0 is inf; 0 / 0 is NaN
+            np.abs(t, out=t)
             top = t.max()
             if np.isnan(top):
                 top = np.fmax.reduce(t)
@@ -319,6 +316,8 @@ class _F32Block:
                 if not np.any((y == 0) & (d > 0)):  # an overflowing ratio, not a division by 0
                     return self.exact(x, y)
                 rel = math.inf
+            elif rel_floor > _REL_FLOOR_MIN and float(top) < rel_floor * (1.0 - 2.0 ** -16):
+                rel = 0.0  # every float64 ratio here is within 2**-22 of its float32 one, so below the floor
             else:
                 ridx = np.flatnonzero(t >= _below32(float(top)))
                 xr, yr = x[ridx].astype(np.float64), y[ridx].astype(np.float64)

@@ -421,6 +421,21 @@ def test_f32_path_matches_float64_path_bit_for_bit(tmp_path, monkeypatch):
     assert fast == slow
 
 
+@pytest.mark.parametrize("later", [1, -1], ids=["later-block-larger", "later-block-smaller"])
+def test_f32_max_rel_in_a_later_block_by_a_hair(monkeypatch, later):
+    """The running max rel lets a block skip its float64 recheck only when its float32 maximum is clearly
+    below: a later block whose ratio is above the earlier maximum by one float32 step still wins, and one
+    below it by one step does not."""
+    monkeypatch.setattr(compare, "BLOCK", 1000)
+    a, b = np.ones(3500, np.float32), np.ones(3500, np.float32)
+    a[5] = np.float32(1 + 2**-10)  # rel 2**-10 in block 0
+    a[2500] = np.float32(1 + 2**-10 + later * 2**-22)  # block 2: a hair above or below it
+    for x in (a, a.astype(np.float64)):  # the float32 path, and the float64 one as the reference's twin
+        assert_row(compare_arrays(x, b, atol=0.0, rtol=0.0, equal_nan=False, tensor="t"), expected(a, b, 0.0, 0.0))
+    assert compare_arrays(a, b, atol=0.0, rtol=0.0, equal_nan=False, tensor="t").max_rel_diff == \
+        (2**-10 + 2**-22 if later > 0 else 2**-10)
+
+
 @pytest.mark.parametrize("block", [1 << 17, 64, 7])
 def test_f32_path_where_float32_rounding_misleads(monkeypatch, block):
     """Values where a float32 view alone gives a wrong answer, each against plain float64 numpy: two |a - b|
