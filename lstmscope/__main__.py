@@ -1,6 +1,6 @@
 """`python -m lstmscope`."""
 
-from lstmscope.cli import app
+from lstmscope.cli import entry_point
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess tests
-    app(prog_name="lstmscope")
+    entry_point()

@@ -181,3 +181,30 @@ def test_nonfinite_statistics_say_they_are_over_finite_values(invoke, model):
     np.save(tmp / "xnan.npy", x)
     r = invoke("run", tmp / "m.pt", tmp / "xnan.npy")
     assert "over the finite values" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["diff-states", "--help"], ["diff-states"], ["nope"], ["--version"],
+                                  ["inspect", "-h"], ["inspect", str(SAMPLES / "uni_1layer.pt"), "--json"],
+                                  ["show-state", "--bogus"]],
+                         ids=lambda a: " ".join(a[:2]).replace(str(SAMPLES) + "/", ""))
+def test_the_entry_point_answers_as_the_whole_app(args):
+    """`lstmscope` builds only the command it runs (cli.entry_point); what it prints and its exit code are
+    the whole app's, for commands, help, usage errors, an unknown command and --version."""
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    whole = subprocess.run([sys.executable, "-c", "import sys; from lstmscope.cli import app; "
+                            "app(prog_name='lstmscope')", *args], capture_output=True, text=True, env=env, timeout=120)
+    lean = subprocess.run([*LSTMSCOPE, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert (lean.returncode, lean.stdout, lean.stderr) == (whole.returncode, whole.stdout, whole.stderr)
+    assert whole.returncode in (0, 2) and (whole.stdout or whole.stderr)
+
+
+def test_the_entry_point_leaves_the_app_whole(monkeypatch):
+    """The lean copy is a copy: after a run through entry_point, `app` still holds every command."""
+    from lstmscope import cli
+
+    before = list(cli.app.registered_commands)
+    monkeypatch.setattr(sys, "argv", ["lstmscope", "inspect", str(SAMPLES / "uni_1layer.pt"), "--json"])
+    with pytest.raises(SystemExit) as e:
+        cli.entry_point()
+    assert e.value.code in (0, None)
+    assert cli.app.registered_commands == before and len(before) == 8
