@@ -526,8 +526,10 @@ def _provenance_value(field: str, v) -> str:
     return str(v)
 
 
-def render_diff(console: Console, res: "DiffResult") -> None:
-    console.print(Text.assemble(("A ", "bold"), res.a, ("   B (reference) ", "bold"), res.b))
+def render_diff(console: Console, res: "DiffResult", *, sides: bool = True) -> None:
+    """diff-states' report. ``sides=False`` leaves out the line naming A and B (compare describes them above)."""
+    if sides:
+        console.print(Text.assemble(("A ", "bold"), res.a, ("   B (reference) ", "bold"), res.b))
     console.print(Text(f"pass when |a - b| <= atol + rtol * |b|, atol={res.atol:g}, rtol={res.rtol:g}"
                        + (", NaN == NaN" if res.equal_nan else ""), style="dim"))
     for kind, fields in (("architecture", res.architecture), ("provenance", res.provenance)):

@@ -17,12 +17,6 @@ def _side(console: Console, label: str, side, reference: bool) -> None:
     console.print(Text(f"    {how}, {side.dtype}, {side.device}", style="dim"))
 
 
-def _short(side) -> str:
-    from pathlib import Path
-
-    return Path(side.path).name + (" in onnxruntime" if side.runtime == "onnxruntime" else "")
-
-
 def render_compare(console: Console, res) -> None:
     _side(console, "A", res.a, False)
     _side(console, "B", res.b, True)
@@ -33,12 +27,7 @@ def render_compare(console: Console, res) -> None:
         console.print(Text(f"input {i['path']}: {i['batch']} x {i['time']:,} steps x {i['features']} features{lens}",
                            style="dim"))
     diff = res.diff
-    a, b = diff.a, diff.b
-    diff.a, diff.b = _short(res.a), _short(res.b)  # render_diff's header line; the sides are described above
-    try:
-        render_diff(console, diff)
-    finally:
-        diff.a, diff.b = a, b
+    render_diff(console, diff, sides=False)  # the sides are described above
     if not diff.comparable:
         console.print(Text("The two modules have different shapes: nothing was run.", style=BAD_STYLE))
     if res.steps is not None:
