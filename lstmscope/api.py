@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lstmscope.errors import LstmscopeError, UsageError
+from lstmscope.fileio import given
 
 __all__ = ["inspect", "run", "export_state", "trace", "diff", "compare", "LstmscopeError",
            "InspectResult", "RunResult", "TraceResult", "DiffReport", "CompareReport"]
@@ -132,7 +133,7 @@ class InspectResult(_Shown):
         from lstmscope.jsonout import inspect_document
 
         ck = self.checkpoint
-        return inspect_document(self.display_path or str(ck.path), ck.sha256, ck.format, ck.modules,
+        return inspect_document(self.display_path or given(ck.path), ck.sha256, ck.format, ck.modules,
                                 stubbed_globals=ck.stubbed_globals,
                                 refused_calls=ck.refused_calls, single_layers=ck.single_layers,
                                 candidates=self.candidates, notes=ck.notes)
@@ -141,7 +142,7 @@ class InspectResult(_Shown):
         from lstmscope.render import render_inspect
 
         ck = self.checkpoint
-        render_inspect(console, self.display_path or str(ck.path), ck.format, ck.modules, version=ck.producer,
+        render_inspect(console, self.display_path or given(ck.path), ck.format, ck.modules, version=ck.producer,
                        stubbed_globals=ck.stubbed_globals, refused_calls=ck.refused_calls,
                        single_layers=ck.single_layers, candidates=self.candidates, notes=ck.notes)
 

@@ -311,6 +311,8 @@ def import_state(
     from lstmscope.snapshot import import_state as do_import
 
     res = do_import(file, output, checkpoint, module=module, layout=layout, force=force)
+    for note in res.notes:
+        sys.stderr.write(note + "\n")
     from lstmscope.jsonout import import_document
 
     _emit(lambda: import_document(res), "render_import", res, json_out=json_out)

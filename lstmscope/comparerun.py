@@ -19,6 +19,7 @@ import numpy as np
 
 from lstmscope.statediff import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, compare_arrays
 from lstmscope.errors import CheckpointError, InputError, UsageError, clean_message
+from lstmscope.fileio import given, shown_name
 from lstmscope.readers import Checkpoint, LSTMModule, read_checkpoint
 from lstmscope.report import DIRECTIONS
 from lstmscope.sequences import Sequences
@@ -221,9 +222,9 @@ def compare_run(o: CompareOptions) -> CompareResult:
     dev_b = o.b_device or o.device
     eng_a = _engine(sa, None, "A")
     eng_b = None if ort else _engine(sb, o.b_engine, "B")
-    side_a = Side("A", str(ck_a.path), ck_a.sha256, ck_a.format, mod_a.display_name, sa.framework, "lstmscope",
+    side_a = Side("A", given(ck_a.path), ck_a.sha256, ck_a.format, mod_a.display_name, sa.framework, "lstmscope",
                   eng_a, o.dtype or sa.dtype, o.device)
-    side_b = Side("B", str(ck_b.path), ck_b.sha256, ck_b.format, mod_b.display_name, sb.framework,
+    side_b = Side("B", given(ck_b.path), ck_b.sha256, ck_b.format, mod_b.display_name, sb.framework,
                   "onnxruntime" if ort else "lstmscope", eng_b,
                   sb.dtype if ort else (o.b_dtype or o.dtype or sb.dtype), "cpu" if ort else dev_b)
     diff = DiffResult(side_a.describe(), side_b.describe(), o.atol, o.rtol, o.equal_nan)
@@ -292,7 +293,7 @@ def compare_run(o: CompareOptions) -> CompareResult:
         notes.append(f"note: per-step values of {'side A' if ort else 'both sides'} come from lstmscope's stepwise "
                      "engine (the fused kernel keeps no per-step c); the final states come from each side's "
                      "own engine")
-    inp = {"path": str(seqs.path), "key": seqs.key, "layout": seqs.layout, "batch": seqs.batch, "time": seqs.time,
+    inp = {"path": given(seqs.path), "key": seqs.key, "layout": seqs.layout, "batch": seqs.batch, "time": seqs.time,
            "features": seqs.features, "lengths": None if seqs.lengths is None else seqs.lengths.tolist(),
            "tokens": seqs.tokens, "embedding": None if seqs.embedding_ref is None else seqs.embedding_ref.to_dict(),
            "mask": None if mask is None else mask.to_meta()}
@@ -312,7 +313,7 @@ def _embedded(ck_a: Checkpoint, mod_a: LSTMModule, ck_b: Checkpoint, mod_b: LSTM
             raise
         ref_b = resolve_embedding(ck_b, mod_b, seqs, None, notes)  # A has none: B's, for both (or B's error)
         seqs.attach_embedding(ck_b.embedding_matrix(ref_b), ref_b)
-        notes.append(f"note: side A ({ck_a.path.name}) has no embedding of its own that lstmscope finds; both sides "
+        notes.append(f"note: side A ({shown_name(ck_a.path)}) has no embedding of its own that lstmscope finds; both sides "
                      f"read the ids through B's {ref_b.describe()}")
         return seqs.data, seqs.data
     if ref_a is None:
@@ -326,7 +327,7 @@ def _embedded(ck_a: Checkpoint, mod_a: LSTMModule, ck_b: Checkpoint, mod_b: LSTM
     except (InputError, UsageError):
         ref_b = None
     if ref_b is None:
-        notes.append(f"note: side B ({ck_b.path.name}) has no embedding of its own that lstmscope finds; both sides "
+        notes.append(f"note: side B ({shown_name(ck_b.path)}) has no embedding of its own that lstmscope finds; both sides "
                      f"read the ids through A's {ref_a.describe()}")
         return data_a, data_a
     from lstmscope.tokens import check_ids, lookup
@@ -375,7 +376,9 @@ def _step_rows(side_a: Side, side_b: Side, spec: LSTMSpec, a: _Run, b: _Run, len
     from lstmscope.tracediff import compare_steps
 
     res = DiffResult(side_a.describe(), side_b.describe(), o.atol, o.rtol, o.equal_nan, kind="trace")
-    for key in sorted(a.steps):
+    from lstmscope.tracefile import QUANTITIES
+
+    for key in sorted(a.steps, key=lambda k: (k[0], k[1], QUANTITIES.index(k[2]))):  # h before c, as diff-states
         if key not in b.steps:
             continue
         layer, direction, q = key

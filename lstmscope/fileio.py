@@ -75,6 +75,25 @@ def spool(path: Path, what: str, error: type[LstmscopeError]) -> Path:
     return target
 
 
+def given(path: str | os.PathLike) -> str:
+    """The name the user gave for ``path``: ``-`` or ``/dev/fd/63`` for a file spool() made of a stream, else
+    the path itself. Reports and JSON name this, not the temporary file, which is gone when lstmscope exits."""
+    p = Path(path)
+    for key, target in _SPOOLED.items():
+        if target == p:
+            return key
+    return str(path)
+
+
+def shown_name(path: str | os.PathLike) -> str:
+    """A file's short name in reports: its base name, or for a stream what the user gave (``stdin`` for ``-``,
+    ``/dev/fd/63`` whole, whose base name alone says nothing)."""
+    name = given(path)
+    if name == "-":
+        return "stdin"
+    return name if name != str(path) else Path(path).name
+
+
 def check_source(path: Path, what: str, error: type[LstmscopeError]) -> None:
     """Refuse a path that is missing, a directory, unreadable or empty, naming ``what`` it should be."""
     if not path.exists():
@@ -105,14 +124,23 @@ OTHER_FORMATS = {".npy": "a NumPy array (np.load)", ".npz": "a NumPy archive (np
                  ".json": "JSON", ".png": "an image"}
 
 
-def check_safetensors_name(path: Path, what: str = "snapshot") -> None:
+SAFETENSORS_SUFFIXES = (".safetensors", ".st")
+
+
+def check_safetensors_name(path: Path, what: str = "snapshot") -> str | None:
     """Refuse an output name that promises another format: lstmscope writes safetensors, which np.load (and
-    torch.load, ...) cannot read, so ``-o out.npy`` would make a file its name lies about."""
-    kind = OTHER_FORMATS.get(Path(path).suffix.lower())
+    torch.load, ...) cannot read, so ``-o out.npy`` would make a file its name lies about. Any other name that
+    does not say safetensors is written, with a note (returned) saying what the file is."""
+    suffix = Path(path).suffix.lower()
+    kind = OTHER_FORMATS.get(suffix)
     if kind is not None:
         raise OutputError(f"{path}: lstmscope writes the {what} as safetensors, but the name says {kind}; "
                           f"name it {Path(path).with_suffix('.safetensors').name} (read it with "
                           "safetensors.numpy.load_file)")
+    if suffix in SAFETENSORS_SUFFIXES:
+        return None
+    return (f"note: {Path(path).name} is a safetensors file whatever its name says (read it with "
+            f"safetensors.numpy.load_file); a .safetensors name tells others so")
 
 
 def refuse_overwriting_sources(out: Path, *sources) -> None:

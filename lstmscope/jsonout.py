@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lstmscope.fileio import given
+
 if TYPE_CHECKING:  # the typed results the core builds, and their parts; imported for annotations only
     from lstmscope.readers.base import LSTMModule
     from lstmscope.report import SliceStats, StateView
@@ -114,12 +116,12 @@ def run_document(outcome: "RunOutcome") -> dict:
     ck, module, seqs, result, view = outcome.checkpoint, outcome.module, outcome.sequences, outcome.result, outcome.view
     return {
         "schema": RUN_SCHEMA,
-        "checkpoint": {"path": str(ck.path), "sha256": ck.sha256, "format": ck.format, "module": module.prefix},
+        "checkpoint": {"path": given(ck.path), "sha256": ck.sha256, "format": ck.format, "module": module.prefix},
         "model": model_fields(module.spec),
         "engine": outcome.engine,
         "notes": list(module.notes),
         "input": {
-            "path": str(seqs.path),
+            "path": given(seqs.path),
             "key": seqs.key,
             "layout": seqs.layout,
             "batch": seqs.batch,
@@ -191,7 +193,7 @@ def export_document(outcome: "RunOutcome", path, meta: dict, sha256: str, size: 
 def state_document(state: "StateFile", view: StateView) -> dict:
     return {
         "schema": STATE_SCHEMA,
-        "path": str(state.path),
+        "path": given(state.path),
         "kind": state.kind,
         "metadata": state.meta,
         "shapes": {k: list(v) for k, v in state.stored.items()} if state.stored else

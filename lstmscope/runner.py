@@ -418,7 +418,7 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     if layout is not None and layout not in LAYOUTS:  # refuse before the run, in the module's terms
         check_layout(layout, read_checkpoint(opts.checkpoint).module(opts.module).spec)
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
-    check_safetensors_name(out_path)
+    name_note = check_safetensors_name(out_path)
     check_target(out_path, force)  # refuse before spending time on the run
     box: dict = {}
 
@@ -470,6 +470,8 @@ def export_state(opts: RunOptions, out: str | os.PathLike, *, include_output: bo
     outcome.written = {k: tuple(shape) for k, (_, shape) in box["writer"].layout.items()}
     if box["feed"] is not None:
         outcome.notes += [f"note: {n}" for n in box["feed"]["notes"]]
+    if name_note:
+        outcome.notes.append(name_note)
     return outcome, out_path, box["meta"]
 
 
@@ -520,10 +522,12 @@ def trace(opts: RunOptions, out: str | os.PathLike, *, quantities: str | None = 
     check_order(order)
     out_path = Path(out)
     refuse_overwriting_sources(out_path, opts.checkpoint, opts.input, opts.lengths, opts.initial_state)
-    check_safetensors_name(out_path, "trace")
+    name_note = check_safetensors_name(out_path, "trace")
     check_target(out_path, force)  # refuse before spending time on the run
     p = _prepare(opts)
     ck, module, spec, seqs, notes = p.checkpoint, p.module, p.module.spec, p.sequences, p.notes
+    if name_note:
+        notes.append(name_note)
     if check is not None:
         check(module, seqs, picked)
     from lstmscope.engine.trace import stream_trace, trace_lstm

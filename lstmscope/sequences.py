@@ -12,7 +12,7 @@ import numpy as np
 
 from lstmscope.arrays import DiskArray, npz_member, open_npy
 from lstmscope.errors import InputError, clean_message
-from lstmscope.fileio import check_source, file_sha256, spool
+from lstmscope.fileio import check_source, file_sha256, shown_name, spool
 
 LAYOUT_BATCH_FIRST = "batch_first"  # (B, T, F)
 LAYOUT_TIME_MAJOR = "time_major"  # (T, B, F)
@@ -142,7 +142,8 @@ class Sequences:
 
     @property
     def display_name(self) -> str:
-        return f"{self.path.name}[{self.key}]" if self.key else self.path.name
+        name = shown_name(self.path)
+        return f"{name}[{self.key}]" if self.key else name
 
 
 def _load_any(path: Path, what: str):

@@ -616,6 +616,7 @@ class ImportResult:
     module: str  # the module's display name
     tensors: dict[str, tuple[int, ...]]  # the state tensors written -> shape
     meta: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # one-line remarks for stderr
 
 
 def import_state(file: str | os.PathLike, output: str | os.PathLike, checkpoint: str | os.PathLike, *,
@@ -627,7 +628,7 @@ def import_state(file: str | os.PathLike, output: str | os.PathLike, checkpoint:
 
     output = Path(output)
     refuse_overwriting_sources(output, file, checkpoint)
-    check_safetensors_name(output)
+    name_note = check_safetensors_name(output)
     check_target(output, force)
     ck = read_checkpoint(checkpoint)
     mod = ck.module(module)
@@ -642,4 +643,4 @@ def import_state(file: str | os.PathLike, output: str | os.PathLike, checkpoint:
     states = state_tensors(mod.spec, h0, c0, kind, feed)
     write_snapshot(output, {**states, "output": state.output, "lengths": state.lengths}, meta, force=force)
     return ImportResult(output, str(file), state.kind, mod.display_name,
-                        {k: tuple(np.shape(v)) for k, v in states.items()}, meta)
+                        {k: tuple(np.shape(v)) for k, v in states.items()}, meta, [name_note] if name_note else [])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lstmscope.fileio import given
 from lstmscope.errors import StateError, UsageError
 from lstmscope.arrays import DiskArray
 
@@ -429,7 +430,7 @@ def diff_states(a: StateFile, b: StateFile, *, atol: float = DEFAULT_ATOL, rtol:
                 equal_nan: bool = False, num_directions: int | None = None) -> DiffResult:
     from lstmscope.snapshot import ARCHITECTURE_FIELDS, PROVENANCE_FIELDS
 
-    res = DiffResult(str(a.path), str(b.path), atol, rtol, equal_nan)
+    res = DiffResult(given(a.path), given(b.path), atol, rtol, equal_nan)
     ma, mb = a.meta or {}, b.meta or {}
     for f in ARCHITECTURE_FIELDS:
         if f in ma and f in mb and ma[f] != mb[f]:

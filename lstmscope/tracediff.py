@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstmscope.fileio import given
 from lstmscope.arrays import DiskArray
 from lstmscope.statediff import DEFAULT_ATOL, DEFAULT_RTOL, DiffResult, DiffRow, _Cosine, _cosine_sums, nonfinite_diff
 from lstmscope.report import DIRECTIONS
@@ -31,7 +32,7 @@ def diff_traces(a: TraceFile, b: TraceFile, *, atol: float = DEFAULT_ATOL, rtol:
     (dtype, module, checksums, cell, version) is listed as provenance. Reads time blocks of STEP_BLOCK elements,
     so memory is flat but for the per-step arrays (time,).
     """
-    res = DiffResult(str(a.path), str(b.path), atol, rtol, equal_nan, kind="trace")
+    res = DiffResult(given(a.path), given(b.path), atol, rtol, equal_nan, kind="trace")
     sa, sb = a.spec.to_dict(), b.spec.to_dict()
     if a.time_order != b.time_order:  # first: the message for it is the one to read
         res.architecture["time_order"] = [a.time_order, b.time_order]

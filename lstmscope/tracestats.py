@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 
 from lstmscope.jsonout import jsonable
-
 from lstmscope.report import DIRECTIONS
-
-QUANTITIES = ("h", "c", "i", "f", "g", "o")
+from lstmscope.tracefile import QUANTITIES  # noqa: F401 (re-exported: the order of every report)
 SIGMOID_GATES = ("i", "f", "o")  # saturated below SIGMOID_LOW or above SIGMOID_HIGH
 TANH_LIKE = ("g", "h")  # saturated beyond ±TANH_LIMIT
 SIGMOID_LOW = 0.05

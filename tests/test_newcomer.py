@@ -52,6 +52,12 @@ def test_input_from_a_pipe_and_from_standard_input(model):
         assert doc["ok"] and doc["input"]["batch"] == 2 and doc["input"]["time"] == 7
         got = [s["h_n"]["mean"] for s in doc["states"]]
         assert np.allclose(got, h.mean(axis=(1, 2)), atol=1e-6)
+        # named as given (/dev/fd/N or -), not by the temporary copy, which is gone when the command ends
+        path = doc["input"]["path"]
+        assert path == "-" if " - " in cmd else path.startswith("/dev/fd/"), path
+    table = _sh("lstmscope run <(cat m.pt) - < x.npy", tmp)
+    assert table.returncode == 0, table.stderr
+    assert "in /dev/fd/" in table.stdout and "Input   stdin  batch 2" in table.stdout
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -84,6 +90,23 @@ def test_an_output_name_that_promises_another_format_is_refused(invoke, model, n
     assert "safetensors" in line and not target.exists()
     line = assert_one_error_line(invoke("trace", tmp / "m.pt", tmp / "x.npy", "-o", target), target)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("name,noted", [("out.txt", True), ("out", True), ("out.st", False),
+                                        ("out.safetensors", False)])
+def test_an_output_name_that_does_not_say_safetensors_gets_a_note(invoke, model, tmp_path, name, noted):
+    """Written (the name promises no other format), with a note on stderr saying what the file is."""
+    tmp, _, _, (_, h, _) = model
+    for cmd in ("export-state", "trace"):
+        target = tmp_path / f"{cmd}-{name}"
+        r = invoke(cmd, tmp / "m.pt", tmp / "x.npy", "-o", target, "-q")
+        assert r.exit_code == 0, r.stderr
+        assert ("is a safetensors file whatever its name says" in r.stderr) == noted, r.stderr
+        assert load_file(target)  # a safetensors file, read by safetensors itself
+    np.testing.assert_allclose(load_file(tmp_path / f"export-state-{name}")["h_n"], h, atol=1e-6)
+    np.savez(tmp_path / "foreign.npz", h_n=h, c_n=h)
+    r = invoke("import-state", tmp_path / "foreign.npz", "--checkpoint", tmp / "m.pt", "-o", tmp_path / f"imported-{name}")
+    assert r.exit_code == 0 and ("is a safetensors file whatever its name says" in r.stderr) == noted, r.stderr
 
 
 def test_state_dtype_writes_states_a_float32_lstm_takes(invoke, model):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from lstmscope.errors import CheckpointError, UsageError
+from lstmscope.fileio import shown_name
 from lstmscope.masking import MaskRule
 from lstmscope.spec import LSTMSpec
 from lstmscope.tokens import EmbeddingRef
@@ -141,7 +142,7 @@ class Checkpoint:
 
     def module(self, wanted: str | None) -> LSTMModule:
         try:
-            return select_module(self.modules, wanted, self.path.name, self.other_recurrent, self.no_lstm_hint,
+            return select_module(self.modules, wanted, shown_name(self.path), self.other_recurrent, self.no_lstm_hint,
                                  self.single_layers)
         except CheckpointError as e:
             if self.modules or not self.refused_calls:
@@ -157,7 +158,7 @@ class Checkpoint:
             return module
         if self._cell_override is None:
             raise UsageError("--activation and --recurrent-activation apply to Keras modules (a weights-only file "
-                             f"has no config); module '{module.display_name}' of {self.path.name} is a PyTorch "
+                             f"has no config); module '{module.display_name}' of {shown_name(self.path)} is a PyTorch "
                              "module, whose cell is nn.LSTM's")
         return self._cell_override(module, activation, recurrent_activation)
 
@@ -165,7 +166,7 @@ class Checkpoint:
         """One line for stderr when the file was read without running code from it, else None."""
         if not (self.stubbed_globals or self.refused_calls):
             return None
-        parts = [f"note: {self.path.name} was read without running code from it"]
+        parts = [f"note: {shown_name(self.path)} was read without running code from it"]
         if self.stubbed_globals:
             parts.append(f"stubbed: {', '.join(self.stubbed_globals)}")
         if self.refused_calls:

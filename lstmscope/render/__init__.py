@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lstmscope.render.console import print_note, print_table
+from lstmscope.fileio import given, shown_name
 
 from lstmscope.report import DIRECTIONS, StateView
 from lstmscope.readers.base import LSTMModule
@@ -94,7 +95,8 @@ def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModu
                    stubbed_globals: list[str] = (), refused_calls: list[str] = (),
                    single_layers: list[LSTMModule] = (), version: str | None = None,
                    candidates: dict[str, list[str]] | None = None, notes: list[str] = ()) -> None:
-    console.print(Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', {version}' if version else ''})"))
+    print_note(console, Text.assemble(("Checkpoint ", "bold"), path, f"  ({fmt}{f', {version}' if version else ''})"),
+               indent=0)
     if stubbed_globals or refused_calls:
         console.print(Text("read without running code" + (f": {', '.join(stubbed_globals)}" if stubbed_globals else "")))
     for note in notes:  # facts about the file: what a reader left unread, a custom model class, ...
@@ -111,13 +113,14 @@ def render_inspect(console: Console, path: str, fmt: str, modules: list[LSTMModu
         config = Text(describe_spec(m.spec))
         for line in token_lines(m, (candidates or {}).get(m.name, [])):
             config.append(f"\n{line}")
-        for note in m.notes:
-            config.append(f"\n{note}", style="dim")
         table.add_row(Text(m.display_name), config, f"{m.spec.parameter_count():,}")
     print_table(console, table)
     n = len(modules)
     console.print(f"{n} LSTM module{'s' if n != 1 else ''} found."
                   + (" Pick one with --module NAME for run." if n > 1 else ""))
+    for m in modules:  # a module's notes, at the console's width (node names kept whole)
+        for note in m.notes:
+            print_note(console, note if n == 1 else f"{m.display_name}: {note}", indent=0)
     if single_layers:
         console.print(Text("Each layer of a stack also runs alone: --module "
                            + ", ".join(m.name for m in single_layers), style="dim"))
@@ -274,6 +277,7 @@ def render_states(console: Console, view: StateView) -> None:
     if any(r.h_n.nonfinite or r.c_n.nonfinite for r in view.rows):
         print_note(console, "mean, std, min, max and norm are over the finite values of a slice; its "
                             "NaN/Inf values are counted next to its name")
+        console.print()
     if view.keras or view.onnx:  # layer names can be long: the table keeps numbers readable with indexes
         names = ", ".join(f"{i} = {view.layer_name(i)}" for i in range(view.spec.num_layers))
         print_note(console, f"layer {names}")
@@ -357,6 +361,7 @@ def render_values(console: Console, view: StateView) -> None:
     if not view.values:
         return
     b = view.value_batch
+    console.print()  # apart from the notes above
     for v in view.values:
         layer = view.layer_name(v.layer) if view.keras or view.onnx else v.layer
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left",
@@ -449,7 +454,7 @@ def render_run(console: Console, outcome: "RunOutcome") -> None:
     if seqs.lengths is not None:
         lengths_text = f"{seqs.lengths.tolist()} from {seqs.lengths_source}: packed batch, enforce_sorted=False"
     render_run_header(
-        console, checkpoint=outcome.checkpoint.path.name, fmt=outcome.checkpoint.format, module=outcome.module,
+        console, checkpoint=shown_name(outcome.checkpoint.path), fmt=outcome.checkpoint.format, module=outcome.module,
         input_name=seqs.display_name, layout=seqs.layout, batch=seqs.batch, time=seqs.time,
         features=seqs.features, dtype=outcome.result.dtype, lengths_text=lengths_text,
         initial_state=outcome.initial_state_path, chunk_size=outcome.chunk_size, engine=outcome.engine,
@@ -483,7 +488,7 @@ def render_state(console: Console, state: "StateFile", view: StateView) -> None:
     grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
-    grid.add_row("State", Text.assemble(str(state.path), (f"  ({state.kind})", "dim")))
+    grid.add_row("State", Text.assemble(given(state.path), (f"  ({state.kind})", "dim")))
     m = state.meta or {}
     if m:
         if view.keras or view.onnx:  # the module's spec is in the metadata: say it as inspect does, in its terms

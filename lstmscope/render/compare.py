@@ -7,14 +7,14 @@ from rich.console import Console
 from rich.text import Text
 
 from lstmscope.render import BAD_STYLE, OK_STYLE, render_diff
+from lstmscope.render.console import print_note
 
 
 def _side(console: Console, label: str, side, reference: bool) -> None:
-    line = Text.assemble((f"{label}{' (reference)' if reference else ''}: ", "bold"), side.path,
-                         f"  module {side.module or '(top level)'}, {side.format}")
-    console.print(line)
+    print_note(console, Text.assemble((f"{label}{' (reference)' if reference else ''}: ", "bold"), side.path), indent=0)
     how = "onnxruntime, each LSTM node alone" if side.runtime == "onnxruntime" else f"lstmscope, {side.engine} engine"
-    console.print(Text(f"    {how}, {side.dtype}, {side.device}", style="dim"))
+    print_note(console, f"module {side.module or '(top level)'}, {side.format}; {how}, {side.dtype}, {side.device}",
+               indent=4)
 
 
 def render_compare(console: Console, res) -> None:

@@ -100,9 +100,16 @@ def _atomic(cell: str) -> bool:
 
 
 def print_table(console: Console, table) -> None:
-    """Print a Rich table so that every number stays whole: columns whose cells are single tokens (numbers,
-    names, positions) never wrap; text columns fold. When even so the table is wider than the console, it is
+    """Print a Rich table so that every number stays whole: the title on a line of its own; columns whose cells
+    are single tokens (numbers, names, positions) never wrap; text columns fold. When even so the table is wider than the console, it is
     stacked: one block of ``header value`` pairs per row, wrapped between pairs."""
+    if table.title:  # on a line of its own, wrapped at the console's width, not the table's
+        from rich.text import Text
+
+        title = table.title
+        print_note(console, title if isinstance(title, Text) else Text(str(title), style=table.title_style or "bold"),
+                   indent=0)
+        table.title = None
     columns = table.columns
     for col in columns:
         cells = [_plain(c) for c in col._cells]
@@ -142,21 +149,21 @@ def _print_stacked(console: Console, table) -> None:
     from rich.text import Text
 
     width = console.width
-    if table.title:
-        console.print(Text(_plain(table.title), style=table.title_style or ""))
     headers = [_plain(c.header) for c in table.columns]
     rows = table.row_count
     cells = [[_plain(c._cells[r]) if r < len(c._cells) else "" for c in table.columns] for r in range(rows)]
     for r in range(rows):
         pairs = [f"{h}: {v}" if h else v for h, v in zip(headers, cells[r]) if v.strip()]
+        # a row that leaves its first cell blank continues the row above (c_n under h_n): indented under it
+        lead = "  " if r and not cells[r][0].strip() and not table.rows[r - 1].end_section else ""
         line = ""
         for p in pairs:
             p = " ".join(p.split())
             if line and len(line) + 2 + len(p) > width:
                 console.print(Text(line), soft_wrap=True)
-                line = "  " + p
+                line = lead + "  " + p
             else:
-                line = p if not line else f"{line}  {p}"
+                line = lead + p if not line else f"{line}  {p}"
         if line:
             console.print(Text(line), soft_wrap=True)
         if table.rows[r].end_section and r != rows - 1:
@@ -164,7 +171,8 @@ def _print_stacked(console: Console, table) -> None:
     console.print()  # as a table's own bottom margin: a heading or verdict after it stands apart
 
 
-ATOM_MAX = 24  # a group longer than this may break inside, between its own top-level parts
+ATOM_MAX = 24  # a group longer than this may break inside, between its own top-level parts,
+TUPLE_MAX = 40  # unless it is a tuple (spaces only after commas) of at most this: (layers*directions, batch, ...)
 
 
 def _atoms(text: str, top: int = 0) -> list[str]:
@@ -179,19 +187,29 @@ def _atoms(text: str, top: int = 0) -> list[str]:
             out[-1] += " " + word
         else:
             out.append(word)
-        for ch in word:
+        for i, ch in enumerate(word):
             if ch in "([":
                 depth += 1
             elif ch in ")]" and depth > 0:
                 depth -= 1
-            elif ch == "'":
+            elif ch == "'" and not _inside_word(word, i):  # a quote, not the apostrophe of "layer's"
                 quote = not quote
     if top == 0:
         split: list[str] = []
         for atom in out:
-            split += _atoms(atom, 1) if len(atom) > ATOM_MAX and " " in atom and atom[:1] in "([" else [atom]
+            whole = len(atom) <= ATOM_MAX or (len(atom) <= TUPLE_MAX and _tuple_like(atom))
+            split += _atoms(atom, 1) if not whole and " " in atom and atom[:1] in "([" else [atom]
         return split
     return out
+
+
+def _tuple_like(group: str) -> bool:
+    """``(a, b, c)``: every space follows a comma (prose in parentheses has other spaces)."""
+    return all(group[k - 1] == "," for k, ch in enumerate(group) if ch == " ")
+
+
+def _inside_word(word: str, i: int) -> bool:
+    return 0 < i < len(word) - 1 and word[i - 1].isalnum() and word[i + 1].isalnum()
 
 
 def wrap_atomic(text: str, width: int) -> list[str]:
@@ -200,7 +218,7 @@ def wrap_atomic(text: str, width: int) -> list[str]:
     line = ""
     for atom in _atoms(text):
         if line and len(line) + 1 + len(atom) > width:
-            lines.append(line)
+            lines.append(line.rstrip())
             line = atom
         else:
             line = atom if not line else f"{line} {atom}"
