@@ -230,6 +230,8 @@ def _diff_row(r, trace: bool) -> dict:
            "shape_b": r.shape_b, "max_abs_diff": r.max_abs_diff, "max_abs_diff_at": r.max_abs_diff_at,
            "max_rel_diff": r.max_rel_diff, "mismatched": r.mismatched, "total": r.total,
            "mismatched_pct": r.mismatched_pct, "cosine": r.cosine, "pass": r.passed}
+    if r.stored_as is not None:  # a keras- or onnx-layout file's own name for an h_n/c_n slice
+        row["stored_as"] = r.stored_as
     if trace:
         steps = r.per_step_max_abs_diff
         row.update({"quantity": r.quantity, "first_step_over_tolerance": r.first_step_over,

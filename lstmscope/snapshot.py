@@ -51,6 +51,17 @@ class StateFile:
     extra: dict[str, np.ndarray | DiskArray]  # any other tensors in the file (lazy from safetensors)
     layout: str = "torch"  # how the file stores h and c: "torch" (h_n, c_n), "keras" (per layer h, c) or "onnx"
     stored: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every tensor as the file names it, its shape
+    # ("h" or "c", index in h_n/c_n) -> where the file keeps that slice, for the keras and onnx layouts
+    # ("encoder/h_f", "/lstm/LSTM/initial_h[1]"); empty for the torch layout, whose names are h_n and c_n
+    slice_names: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    @property
+    def layout_directions(self) -> int | None:
+        """How many directions the file's own names say (a Keras-layout file without metadata: h_f/h_b are 2,
+        h alone 1); None when they say nothing."""
+        if self.layout != "keras" or not self.slice_names:
+            return None
+        return 2 if any(n.endswith(("_f", "_b")) for n in self.slice_names.values()) else 1
 
     def tensors(self) -> dict[str, np.ndarray | DiskArray]:
         out = {"h_n": self.h_n, "c_n": self.c_n}
@@ -383,9 +394,10 @@ def _read_torch_state(path: Path) -> dict[str, np.ndarray]:
     return {str(k): v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy() for k, v in obj.items()}
 
 
-def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> None:
+def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> dict[tuple[str, int], str]:
     """Turn Keras-layout tensors into h_n/c_n in place: a snapshot's (by its metadata), or what a Keras user
-    saved by hand (``np.savez(p, h=h, c=c)``, or h_f, c_f, h_b, c_b for a Bidirectional layer)."""
+    saved by hand (``np.savez(p, h=h, c=c)``, or h_f, c_f, h_b, c_b for a Bidirectional layer). Returns each
+    slice's name in the file (StateFile.slice_names); nothing when the file is not in that layout."""
     if meta and meta.get("layout") == "keras":
         try:
             spec = LSTMSpec.from_dict(meta["spec"])
@@ -397,7 +409,7 @@ def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> None:
     elif all(k in arrays for k in ("h_f", "c_f", "h_b", "c_b")):
         names = [(0, "h_f", "c_f"), (1, "h_b", "c_b")]
     else:
-        return
+        return {}
     hs, cs = [], []
     for _, h, c in names:
         for k in (h, c):
@@ -415,10 +427,13 @@ def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> None:
     except ValueError:
         raise StateError(f"{path}: the Keras states of different layers differ in width; lstmscope reads stacks of "
                          "equal units") from None
+    return {key: name for i, h, c in names for key, name in ((("h", i), h), (("c", i), c))}
 
 
-def _from_onnx_layout(path: Path, arrays: dict, meta: dict) -> None:
-    """Turn an ONNX-layout snapshot's graph feeds into h_n/c_n in place, by the slices its metadata lists."""
+def _from_onnx_layout(path: Path, arrays: dict, meta: dict) -> dict[tuple[str, int], str]:
+    """Turn an ONNX-layout snapshot's graph feeds into h_n/c_n in place, by the slices its metadata lists.
+    Returns each slice's place in the file: the feed's name, with the slice's rank among that feed's slices
+    when it holds several (``initial_h[1]``: a bidirectional node's backward direction)."""
     try:
         spec = LSTMSpec.from_dict(meta["spec"])
         feed = _need_feed(meta.get("onnx"))
@@ -445,16 +460,39 @@ def _from_onnx_layout(path: Path, arrays: dict, meta: dict) -> None:
     for name in feed["tensors"]:
         arrays.pop(name)
     arrays["h_n"], arrays["c_n"] = h, c
+    return {(sl["which"], sl["index"]): _slice_place(sl, feed["tensors"][sl["tensor"]], (h if sl["which"] == "h" else c).shape[1:])
+            for sl in feed["slices"]}
+
+
+def _slice_place(sl: dict, shape, dims: tuple[int, int]) -> str:
+    """Where one slice of ``dims`` (batch, width) lies in its feed, in numpy's terms: ``initial_h`` when it is
+    the whole tensor, ``initial_h[1]`` for (directions, batch, hidden), ``initial_h[:, 1]`` for (batch,
+    directions, hidden); the bare name when that cannot be told."""
+    shape = [int(v) for v in shape]
+    steps = [int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(shape))]  # row-major strides
+    left = list(range(len(shape)))
+    for size, stride in zip(dims[::-1], sl["strides"][::-1]):  # width's axis, then batch's
+        match = [k for k in left if shape[k] == size and (steps[k] == stride or size == 1)]
+        if not match:
+            return sl["tensor"]
+        left.remove(match[-1] if size == 1 else match[0])
+    free = [k for k in left if shape[k] > 1]
+    if not free:
+        return sl["tensor"]
+    if len(free) != 1:
+        return sl["tensor"]
+    k = free[0]
+    return f"{sl['tensor']}[{':, ' * k}{(sl['offset'] // steps[k]) % shape[k]}]"
 
 
 def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> StateFile:
     stored = {k: tuple(np.shape(v)) for k, v in arrays.items()}
-    layout = "torch"
+    layout, slice_names = "torch", {}
     if meta and meta.get("layout") == "onnx":
-        _from_onnx_layout(path, arrays, meta)
+        slice_names = _from_onnx_layout(path, arrays, meta)
         layout = "onnx"
     elif "h_n" not in arrays and "h0" not in arrays:
-        _from_keras_layout(path, arrays, meta)
+        slice_names = _from_keras_layout(path, arrays, meta)
         layout = "keras" if "h_n" in arrays else "torch"
     for h_key, c_key in STATE_NAMES:
         if h_key in arrays and c_key in arrays:
@@ -480,7 +518,7 @@ def _assemble(path: Path, arrays: dict[str, np.ndarray], meta, kind: str) -> Sta
             raise StateError(f"{path}: lengths must be a 1-D array of whole numbers >= 1, found {lengths.dtype} "
                              f"{tuple(lengths.shape)}")
         lengths = lengths.astype(np.int64)
-    return StateFile(path, h, c, output, lengths, meta, kind, arrays, layout, stored)
+    return StateFile(path, h, c, output, lengths, meta, kind, arrays, layout, stored, slice_names)
 
 
 def _not_a_state(path: Path, stored: dict[str, tuple[int, ...]]) -> str:

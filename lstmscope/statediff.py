@@ -54,6 +54,9 @@ class DiffRow:
     first_step_over: int | None = None  # the first step holding an element over tolerance
     per_step_max_abs_diff: np.ndarray | None = None  # (time,) max |a - b| per step; NaN where every sequence is padding
     per_step_over: np.ndarray | None = None  # (time,) bool: the step holds an element over tolerance
+    # h_n/c_n rows of keras- or onnx-layout files: where the file keeps the slice ("encoder/h_f",
+    # "/lstm/LSTM/initial_h[1]"; "A's vs B's" when the two files name it differently)
+    stored_as: str | None = None
 
     @property
     def mismatched_pct(self) -> float:
@@ -445,18 +448,30 @@ def diff_states(a: StateFile, b: StateFile, *, atol: float = DEFAULT_ATOL, rtol:
         return res
     if num_directions is not None and num_directions not in (1, 2):
         raise UsageError(f"--num-directions {num_directions}: an LSTM has 1 or 2 directions")
-    dirs = num_directions or ma.get("num_directions") or mb.get("num_directions")
+    dirs = num_directions or ma.get("num_directions") or mb.get("num_directions") or a.layout_directions \
+        or b.layout_directions
     for name in sorted(set(ta) & set(tb), key=lambda k: ({"h_n": 0, "c_n": 1}.get(k, 2), k)):
         x, y = ta[name], tb[name]
         if name in ("h_n", "c_n") and dirs and x.shape[0] % dirs:
             raise UsageError(f"{name} has {x.shape[0]} layer*direction slices, which {dirs} directions do not divide")
         if name in ("h_n", "c_n") and dirs and x.shape == y.shape:
             for i in range(x.shape[0]):
-                res.rows.append(compare_arrays(x[i], y[i], atol=atol, rtol=rtol, equal_nan=equal_nan, tensor=name,
-                                               layer=i // dirs, direction=DIRECTIONS[i % dirs]))
+                row = compare_arrays(x[i], y[i], atol=atol, rtol=rtol, equal_nan=equal_nan, tensor=name,
+                                     layer=i // dirs, direction=DIRECTIONS[i % dirs])
+                row.stored_as = _stored_as(a, b, name[0], i)
+                res.rows.append(row)
         else:
             res.rows.append(compare_arrays(x, y, atol=atol, rtol=rtol, equal_nan=equal_nan, tensor=name))
     return res
+
+
+def _stored_as(a: StateFile, b: StateFile, which: str, i: int) -> str | None:
+    """Where the files keep slice ``i`` of h_n or c_n (``which``: "h" or "c"), when either is not in the torch
+    layout: one name, or both when they differ."""
+    na, nb = a.slice_names.get((which, i)), b.slice_names.get((which, i))
+    if na and nb and na != nb:
+        return f"{na} vs {nb}"
+    return nb or na
 
 
 def diff_files(path_a: str | Path, path_b: str | Path, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,

@@ -143,6 +143,30 @@ def test_hand_saved_keras_state_imports_and_seeds(keras, invoke, tmp_path):
     np.testing.assert_allclose(seeded["encoder/c"], c2, atol=TOL, rtol=0)
 
 
+def test_diff_rows_name_keras_slices_as_stored(invoke, tmp_path):
+    """diff-states speaks Keras for Keras-layout files: each h/c row is named as the file stores it (a snapshot's
+    <layer>/h, a hand-saved Bidirectional state's h_f ... c_b), and its figures are that tensor's."""
+    from helpers import assert_rows_name_their_slices
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path, dtype in ((a, "float32"), (b, "float64")):  # the same run in two dtypes: small differences
+        r = invoke("export-state", SAMPLE, SAMPLE.parent / "batch.npy", "-o", path, "--dtype", dtype, "-q")
+        assert r.exit_code == 0, r.stderr
+    r = invoke("diff-states", a, b, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert_rows_name_their_slices(json.loads(r.stdout), a, b, {"encoder/h", "encoder/c", "decoder/h", "decoder/c"})
+    assert "encoder/h" in invoke("diff-states", a, b).stdout  # the table names them too
+    rng = np.random.default_rng(5)
+    hand = {k: rng.standard_normal((3, 4)).astype(np.float32) for k in ("h_f", "c_f", "h_b", "c_b")}
+    np.savez(tmp_path / "s1.npz", **hand)
+    np.savez(tmp_path / "s2.npz", **{k: v + np.float32(1e-3) * rng.standard_normal(v.shape).astype(np.float32)
+                                     for k, v in hand.items()})
+    r = invoke("diff-states", tmp_path / "s1.npz", tmp_path / "s2.npz", "--json")
+    assert r.exit_code == 1, r.stderr
+    assert_rows_name_their_slices(json.loads(r.stdout), tmp_path / "s1.npz", tmp_path / "s2.npz",
+                                  {"h_f", "c_f", "h_b", "c_b"})
+
+
 def test_show_state_speaks_keras(invoke, tmp_path):
     x = np.load(SAMPLE.parent / "batch.npy")
     _export(invoke, SAMPLE, x, tmp_path)

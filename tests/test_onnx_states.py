@@ -101,6 +101,28 @@ def test_exported_state_feeds_the_next_chunk(ort, invoke, tmp_path, torch_onnx, 
     np.testing.assert_allclose(got["c_n"], rest["cn"], atol=TOL)
 
 
+def test_diff_rows_name_onnx_feed_slices(invoke, tmp_path, torch_onnx):
+    """diff-states speaks ONNX for ONNX-layout snapshots: each h/c row is the place in the graph's state feed
+    it was read from (h0[1]: [L*D, B, H] feeds; H0[:, 1]: a layout-1 node's [B, D, H]), and its figures are that
+    place's, read from the files with numpy."""
+    from helpers import assert_rows_name_their_slices
+
+    d = 2
+    node = lstm_node(inputs=("X", "W", "R", "B", "", "H0", "C0"), hidden_size=H, direction="bidirectional", layout=1)
+    layout1 = save_model(one_node_model(node, weights(I, H, d=d, seed=9), i=I, h=H, d=d, states=True, layout=1),
+                         tmp_path / "l1.onnx")
+    for model, names in ((torch_onnx["bi1"], {"h0[0]", "h0[1]", "c0[0]", "c0[1]"}),
+                         (layout1, {"H0[:, 0]", "H0[:, 1]", "C0[:, 0]", "C0[:, 1]"})):
+        files = []
+        for seed in (0, 1):  # two inputs: states that differ
+            np.save(tmp_path / "x.npy", _x(4, seed=seed))
+            files.append(tmp_path / f"{model.stem}-{seed}.safetensors")
+            _ok(invoke("export-state", model, tmp_path / "x.npy", "-o", files[-1], "--quiet"))
+        r = invoke("diff-states", *files, "--json")
+        assert r.exit_code == 1, r.stderr
+        assert_rows_name_their_slices(json.loads(r.stdout), *files, names)
+
+
 def test_import_state_between_layouts(invoke, tmp_path, torch_onnx):
     path = torch_onnx["uni2"]
     rng = np.random.default_rng(5)

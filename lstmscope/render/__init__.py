@@ -561,7 +561,7 @@ def render_diff(console: Console, res: "DiffResult", *, sides: bool = True) -> N
                           ("max rel", "right"), ("mismatched", "right"), ("cosine", "right"), ("", "left")):
         table.add_column(name, justify=justify, overflow="fold", min_width=4 if name else None)
     for r in res.rows:
-        name = r.tensor if r.layer is None else f"{r.tensor} {r.layer} {DIR_SHORT[r.direction]}"
+        name = r.stored_as or (r.tensor if r.layer is None else f"{r.tensor} {r.layer} {DIR_SHORT[r.direction]}")
         mark = Text("PASS", style=OK_STYLE) if r.passed else Text("FAIL", style=BAD_STYLE)
         if r.shape_b is not None:
             table.add_row(Text(name), Text(f"{tuple(r.shape)} vs {tuple(r.shape_b)}"), "-", "", "-", "-", "-", mark)
