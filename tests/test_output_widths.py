@@ -137,3 +137,24 @@ def test_every_number_of_the_json_stays_whole_at_50_columns(work, case):
         want = [f"{s[k][f]:.4g}" for s in doc["states"] for k in ("h_n", "c_n") for f in ("mean", "std", "min", "max")]
     missing = [w for w in want if w not in tokens]
     assert not missing, (missing, text)
+
+
+@pytest.mark.parametrize("text,width,whole", [
+    ("batch_first applies to output only: h_n and c_n are always (layers*directions, batch, ...).", 60,
+     ["(layers*directions, batch, ...)."]),
+    ("h_n[i] is layer i; output is the last layer's h at every step.", 58, ["the last layer's h at every"]),
+    ("the graph supplies initial_h ('/lstm/Slice_output_0') and initial_c ('/lstm/Slice_1_output_0'); lstmscope "
+     "starts from zeros", 60, ["('/lstm/Slice_output_0')", "('/lstm/Slice_1_output_0');"]),
+    ("mean: mean over all valid steps, sequences and units (padding and non-finite values left out)", 78,
+     ["mean over all valid steps, sequences and units (padding and"]),
+])
+def test_wrap_atomic_keeps_groups_whole_and_prose_flowing(text, width, whole):
+    """Lines fit the width and say the text, word for word; tuples up to TUPLE_MAX and quoted names are never
+    broken; an apostrophe is no quote (the rest of the note still flows); prose in parentheses wraps like
+    prose."""
+    from lstmscope.render.console import wrap_atomic
+
+    lines = wrap_atomic(text, width)
+    assert all(len(line) <= width for line in lines), lines
+    assert " ".join(lines).split() == text.split()
+    assert all(any(piece in line for line in lines) for piece in whole), lines

@@ -101,8 +101,8 @@ def _atomic(cell: str) -> bool:
 
 def print_table(console: Console, table) -> None:
     """Print a Rich table so that every number stays whole: the title on a line of its own; columns whose cells
-    are single tokens (numbers, names, positions) never wrap; text columns fold. When even so the table is wider than the console, it is
-    stacked: one block of ``header value`` pairs per row, wrapped between pairs."""
+    are single tokens (numbers, names, positions) never wrap; text columns fold. When even so the table is
+    wider than the console, it is stacked: one block of ``header value`` pairs per row, wrapped between pairs."""
     if table.title:  # on a line of its own, wrapped at the console's width, not the table's
         from rich.text import Text
 
