@@ -63,10 +63,17 @@ def _emit(document, render_name: str, *render_args, json_out: bool, quiet: bool 
     getattr(render, render_name)(_stdout(), *render_args)
 
 
+def say(line: str) -> None:
+    """One line on stderr (an error, note or warning), a stream's temporary copy named as the user gave it."""
+    from lstmscope.fileio import unspooled
+
+    sys.stderr.write(unspooled(line) + "\n")
+    sys.stderr.flush()
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print one ``Error: ...`` line on stderr and return the Exit to raise."""
-    sys.stderr.write(f"Error: {message}\n")
-    sys.stderr.flush()
+    say(f"Error: {message}")
     return typer.Exit(code)
 
 
@@ -165,9 +172,9 @@ PngOpt = Annotated[Optional[Path], typer.Option("--png", help="Also write the he
 
 def _notes(outcome) -> None:
     for note in outcome.notes:
-        sys.stderr.write(note + "\n")
+        say(note)
     for warning in outcome.warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+        say(f"warning: {warning}")
 
 
 def _run_options(params: dict, *, exclude: tuple[str, ...] = ()):
@@ -312,7 +319,7 @@ def import_state(
 
     res = do_import(file, output, checkpoint, module=module, layout=layout, force=force)
     for note in res.notes:
-        sys.stderr.write(note + "\n")
+        say(note)
     from lstmscope.jsonout import import_document
 
     _emit(lambda: import_document(res), "render_import", res, json_out=json_out)
@@ -416,7 +423,7 @@ def compare(
         b_dtype=b_dtype, b_device=b_device, b_engine=b_engine, b_runtime=b_runtime, atol=atol, rtol=rtol,
         equal_nan=equal_nan))
     for note in res.notes:
-        sys.stderr.write(note + "\n")
+        say(note)
     if not quiet:
         if json_out:
             from lstmscope.jsonout import compare_document, dumps
@@ -577,9 +584,9 @@ def _trace_results(outcome, kept: bool, heatmap, png, picture: dict, force: bool
     """After ``trace`` ran: the notes, then what _show_trace shows. With ``kept`` False the trace is a temporary
     file its caller removes afterwards."""
     for note in outcome.notes:
-        sys.stderr.write(note + "\n")
+        say(note)
     for warning in outcome.warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+        say(f"warning: {warning}")
     _show_trace(outcome.path, outcome.meta, outcome.layout, outcome.summary, outcome.module.spec,
                 outcome.module.display_name, kept=kept, heatmap=heatmap, png=png, selection=picture.get("selection"),
                 force=force, quiet=quiet, json_out=json_out, input_name=outcome.sequences.display_name,

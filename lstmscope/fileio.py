@@ -85,6 +85,13 @@ def given(path: str | os.PathLike) -> str:
     return str(path)
 
 
+def unspooled(text: str) -> str:
+    """``text`` (an error or a note) with every temporary copy spool() made named as the user gave it."""
+    for key, target in _SPOOLED.items():
+        text = text.replace(str(target), "stdin" if key == "-" else key)
+    return text
+
+
 def shown_name(path: str | os.PathLike) -> str:
     """A file's short name in reports: its base name, or for a stream what the user gave (``stdin`` for ``-``,
     ``/dev/fd/63`` whole, whose base name alone says nothing)."""

@@ -432,8 +432,7 @@ def _from_keras_layout(path: Path, arrays: dict, meta: dict | None) -> dict[tupl
 
 def _from_onnx_layout(path: Path, arrays: dict, meta: dict) -> dict[tuple[str, int], str]:
     """Turn an ONNX-layout snapshot's graph feeds into h_n/c_n in place, by the slices its metadata lists.
-    Returns each slice's place in the file: the feed's name, with the slice's rank among that feed's slices
-    when it holds several (``initial_h[1]``: a bidirectional node's backward direction)."""
+    Returns each slice's place in the file (_slice_place): ``initial_h[1]``, ``initial_h[:, 1]``, or the bare name."""
     try:
         spec = LSTMSpec.from_dict(meta["spec"])
         feed = _need_feed(meta.get("onnx"))
@@ -476,9 +475,7 @@ def _slice_place(sl: dict, shape, dims: tuple[int, int]) -> str:
         if not match:
             return sl["tensor"]
         left.remove(match[-1] if size == 1 else match[0])
-    free = [k for k in left if shape[k] > 1]
-    if not free:
-        return sl["tensor"]
+    free = [k for k in left if shape[k] > 1] or left[-1:]  # one direction: (1, batch, hidden) is name[0]
     if len(free) != 1:
         return sl["tensor"]
     k = free[0]

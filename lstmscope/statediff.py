@@ -467,11 +467,13 @@ def diff_states(a: StateFile, b: StateFile, *, atol: float = DEFAULT_ATOL, rtol:
 
 def _stored_as(a: StateFile, b: StateFile, which: str, i: int) -> str | None:
     """Where the files keep slice ``i`` of h_n or c_n (``which``: "h" or "c"), when either is not in the torch
-    layout: one name, or both when they differ."""
+    layout: the name both give it, both names when they differ, or one side's, marked (A) or (B)."""
     na, nb = a.slice_names.get((which, i)), b.slice_names.get((which, i))
-    if na and nb and na != nb:
-        return f"{na} vs {nb}"
-    return nb or na
+    if na and nb:
+        return na if na == nb else f"{na} vs {nb}"
+    if na or nb:
+        return f"{na} (A)" if na else f"{nb} (B)"
+    return None
 
 
 def diff_files(path_a: str | Path, path_b: str | Path, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,

@@ -73,6 +73,20 @@ def test_checkpoint_and_snapshot_from_pipes(model):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_errors_about_a_stream_name_it_as_given(model):
+    """An error about a pipe's bytes names /dev/fd/N or stdin, not the temporary copy lstmscope read them from."""
+    tmp = model[0]
+    (tmp / "notes.txt").write_text("not an array\n")
+    for cmd, named in (("lstmscope run m.pt <(cat notes.txt)", "/dev/fd/"), ("lstmscope run m.pt - < notes.txt", "stdin"),
+                       ("lstmscope run <(cat notes.txt) x.npy", "/dev/fd/"), ("lstmscope show-state - < notes.txt", "stdin")):
+        r = _sh(cmd, tmp)
+        assert r.returncode == 2 and r.stdout == "", (cmd, r.stderr)
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: " + named), (cmd, lines)
+        assert "lstmscope-stream-" not in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_an_empty_pipe_is_one_error_line(model):
     tmp = model[0]
     r = _sh("lstmscope run m.pt <(true)", tmp)

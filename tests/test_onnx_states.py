@@ -111,8 +111,11 @@ def test_diff_rows_name_onnx_feed_slices(invoke, tmp_path, torch_onnx):
     node = lstm_node(inputs=("X", "W", "R", "B", "", "H0", "C0"), hidden_size=H, direction="bidirectional", layout=1)
     layout1 = save_model(one_node_model(node, weights(I, H, d=d, seed=9), i=I, h=H, d=d, states=True, layout=1),
                          tmp_path / "l1.onnx")
+    node = lstm_node(inputs=("X", "W", "R", "B", "", "H0", "C0"), hidden_size=H)
+    uni = save_model(one_node_model(node, weights(I, H, d=1, seed=4), i=I, h=H, d=1, states=True), tmp_path / "u.onnx")
     for model, names in ((torch_onnx["bi1"], {"h0[0]", "h0[1]", "c0[0]", "c0[1]"}),
-                         (layout1, {"H0[:, 0]", "H0[:, 1]", "C0[:, 0]", "C0[:, 1]"})):
+                         (layout1, {"H0[:, 0]", "H0[:, 1]", "C0[:, 0]", "C0[:, 1]"}),
+                         (uni, {"H0[0]", "C0[0]"})):  # [1, B, H]: the one direction is still H0[0]
         files = []
         for seed in (0, 1):  # two inputs: states that differ
             np.save(tmp_path / "x.npy", _x(4, seed=seed))
@@ -121,6 +124,10 @@ def test_diff_rows_name_onnx_feed_slices(invoke, tmp_path, torch_onnx):
         r = invoke("diff-states", *files, "--json")
         assert r.exit_code == 1, r.stderr
         assert_rows_name_their_slices(json.loads(r.stdout), *files, names)
+    torch_layout = tmp_path / "t.safetensors"  # the same state in PyTorch's layout: rows say whose name it is
+    _ok(invoke("export-state", uni, tmp_path / "x.npy", "-o", torch_layout, "--layout", "torch", "--quiet"))
+    doc = json.loads(invoke("diff-states", files[-1], torch_layout, "--json").stdout)
+    assert [r["stored_as"] for r in doc["rows"] if r["tensor"] in ("h_n", "c_n")] == ["H0[0] (A)", "C0[0] (A)"]
 
 
 def test_import_state_between_layouts(invoke, tmp_path, torch_onnx):

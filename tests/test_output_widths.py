@@ -147,6 +147,10 @@ def test_every_number_of_the_json_stays_whole_at_50_columns(work, case):
      "starts from zeros", 60, ["('/lstm/Slice_output_0')", "('/lstm/Slice_1_output_0');"]),
     ("mean: mean over all valid steps, sequences and units (padding and non-finite values left out)", 78,
      ["mean over all valid steps, sequences and units (padding and"]),
+    ("note: the layers' states are read from the file and compared one slice at a time", 30,
+     ["note: the layers' states are"]),  # an apostrophe at a word's edge opens no quote
+    ("note: 'h0's batch differs from the input batch so the states are read as zeros", 30,
+     ["note: 'h0's batch differs from"]),
 ])
 def test_wrap_atomic_keeps_groups_whole_and_prose_flowing(text, width, whole):
     """Lines fit the width and say the text, word for word; tuples up to TUPLE_MAX and quoted names are never

@@ -182,6 +182,8 @@ def _atoms(text: str, top: int = 0) -> list[str]:
     allowed at (0: outside every group)."""
     out: list[str] = []
     depth, quote = 0, False
+    # quotes pair up, or none is taken for one: an apostrophe at a word's edge (layers', 'h0's) opens nothing
+    quotes = _quotes_pair(text)
     for word in text.split(" "):
         if out and (depth > top or quote):
             out[-1] += " " + word
@@ -192,7 +194,7 @@ def _atoms(text: str, top: int = 0) -> list[str]:
                 depth += 1
             elif ch in ")]" and depth > 0:
                 depth -= 1
-            elif ch == "'" and not _inside_word(word, i):  # a quote, not the apostrophe of "layer's"
+            elif ch == "'" and quotes and not _inside_word(word, i):  # a quote, not the apostrophe of "layer's"
                 quote = not quote
     if top == 0:
         split: list[str] = []
@@ -206,6 +208,10 @@ def _atoms(text: str, top: int = 0) -> list[str]:
 def _tuple_like(group: str) -> bool:
     """``(a, b, c)``: every space follows a comma (prose in parentheses has other spaces)."""
     return all(group[k - 1] == "," for k, ch in enumerate(group) if ch == " ")
+
+
+def _quotes_pair(text: str) -> bool:
+    return sum(ch == "'" and not _inside_word(w, i) for w in text.split(" ") for i, ch in enumerate(w)) % 2 == 0
 
 
 def _inside_word(word: str, i: int) -> bool:
