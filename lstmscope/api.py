@@ -371,17 +371,23 @@ def trace(checkpoint: PathLike, x: Any, out: PathLike | None = None, *, quantiti
 
 # --- diff, compare --------------------------------------------------------------------------------------------
 
+class _Verdict(_Shown):
+    """A result that says whether two sides agree (its ``result.equal``)."""
+
+    result: Any
+
+    @property
+    def equal(self) -> bool:
+        return self.result.equal
+
+
 @dataclass
-class DiffReport(_Shown):
+class DiffReport(_Verdict):
     """``lstmscope diff-states``: per layer and direction (snapshots) or per step (traces)."""
 
     result: Any  # lstmscope.statediff.DiffResult
     _document = ("lstmscope.jsonout", "diff_document")
     _renderer = ("lstmscope.render", "render_diff")
-
-    @property
-    def equal(self) -> bool:
-        return self.result.equal
 
     @property
     def rows(self) -> list:
@@ -401,16 +407,12 @@ def diff(a: PathLike, b: PathLike, *, atol: float | None = None, rtol: float | N
 
 
 @dataclass
-class CompareReport(_Shown):
+class CompareReport(_Verdict):
     """``lstmscope compare``: one input through two sides, diffed."""
 
     result: Any  # lstmscope.comparerun.CompareResult
     _document = ("lstmscope.jsonout", "compare_document")
     _renderer = ("lstmscope.render.compare", "render_compare")
-
-    @property
-    def equal(self) -> bool:
-        return self.result.equal
 
     @property
     def rows(self) -> list:

@@ -61,11 +61,23 @@ class Unsupported(Exception):
 
 # --- records ----------------------------------------------------------------------------------------
 
-class TensorRecord:
+class NotAName:
+    """What the pickle may build but never use as a dict key or a name (formatting it is refused as Unsupported,
+    which hands the file to torch): torch's name for it would show values or run code. ``what`` says what it is."""
+
+    __slots__ = ()
+    what = "an object"
+
+    def __format__(self, spec: str) -> str:
+        raise Unsupported(f"{self.what} used as a name")
+
+
+class TensorRecord(NotAName):
     """A tensor as torch would rebuild it, without its data (and where its data is, for
     lstmscope.readers.torch_values: its storage, offset and stride, in elements)."""
 
     __slots__ = ("shape", "dtype", "storage", "offset", "stride")
+    what = "a tensor"  # as a dict key, torch's name would show its values
 
     def __init__(self, shape: tuple[int, ...], dtype: str, storage: "_Storage | None" = None, offset: int = 0,
                  stride: tuple[int, ...] = ()):
@@ -79,9 +91,6 @@ class TensorRecord:
     def untyped(self) -> bool:
         """On an untyped storage (bytes): how torch saves dtypes without a storage class (uint16/32/64, float8)."""
         return self.storage is not None and self.storage.untyped
-
-    def __format__(self, spec: str) -> str:  # a tensor used as a dict key: torch's name would show its values
-        raise Unsupported("a tensor used as a name")
 
     def __repr__(self) -> str:
         return f"<TensorRecord {self.dtype} {self.shape}>"
@@ -105,22 +114,21 @@ class _DType:
         return f"torch.{self.name}"
 
 
-class _StorageType:
+class _StorageType(NotAName):
     """A storage class named in a persistent id: ``torch.FloatStorage`` and the like, or ``UntypedStorage``."""
 
     __slots__ = ("dtype",)
+    what = "a storage type"
 
     def __init__(self, dtype: str):
         self.dtype = dtype
 
-    def __format__(self, spec: str) -> str:
-        raise Unsupported("a storage type used as a name")
 
-
-class _Storage:
+class _Storage(NotAName):
     """A storage a persistent id names: its dtype and size, and where its bytes are, never the bytes."""
 
     __slots__ = ("dtype", "numel", "nbytes", "key", "untyped", "where")
+    what = "a storage"
 
     def __init__(self, dtype: str, numel: int, key: str = "", untyped: bool = False):
         self.dtype = dtype
@@ -129,9 +137,6 @@ class _Storage:
         self.key = key
         self.untyped = untyped  # torch.storage.UntypedStorage: bytes, the dtype is the tensor's
         self.where: Any = None  # zip: the record's name; legacy: the file offset of its first byte
-
-    def __format__(self, spec: str) -> str:
-        raise Unsupported("a storage used as a name")
 
 
 class _Device:
@@ -153,16 +158,14 @@ class _Device:
         return self.type if self.index is None else f"{self.type}:{self.index}"
 
 
-class _Handled:
+class _Handled(NotAName):
     """A torch global this reader answers itself (a rebuild function, torch.Size, torch.device)."""
 
     __slots__ = ("qualified",)
+    what = "a torch function"
 
     def __init__(self, qualified: str):
         self.qualified = qualified
-
-    def __format__(self, spec: str) -> str:
-        raise Unsupported("a torch function used as a name")
 
 
 # --- what torch knows -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from lstmscope.errors import CheckpointError, clean_message
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.safe_pickle import PickleReport
 from lstmscope.readers.state_dict_names import find_lstm_modules
-from lstmscope.readers.torch_listing import ListingUnpickler, TensorRecord, Unsupported, _ZipStorages
+from lstmscope.readers.torch_listing import ListingUnpickler, NotAName, TensorRecord, Unsupported, _ZipStorages
 from lstmscope.sniff import TORCHSCRIPT
 
 FORMATS = (TORCHSCRIPT,)
@@ -36,16 +36,14 @@ MODULE_NOTE = ("read from a TorchScript archive's data, never its code: what the
                "around this LSTM is not known to lstmscope")
 
 
-class _JitHelper:
+class _JitHelper(NotAName):
     """One of ``torch.jit._pickle``'s helpers that give back their argument (lists with a static type)."""
 
     __slots__ = ("qualified",)
+    what = "a TorchScript helper"
 
     def __init__(self, qualified: str):
         self.qualified = qualified
-
-    def __format__(self, spec: str) -> str:
-        raise Unsupported("a TorchScript helper used as a name")
 
 
 _JIT_HELPERS = {f"torch.jit._pickle.{n}": _JitHelper(f"torch.jit._pickle.{n}") for n in (
