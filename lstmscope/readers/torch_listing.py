@@ -497,18 +497,24 @@ def list_torch_file(path: str | os.PathLike, legacy: bool) -> tuple[Any, PickleR
     return _list_zip(path, report), report
 
 
+def zip_records(z: "zipfile.ZipFile", writer: str) -> tuple[str, dict[str, "zipfile.ZipInfo"]]:
+    """The archive folder every record of a torch zip lies in (torch's reader takes it from the first record's
+    directory) and the records by name; Unsupported for a layout ``writer`` (torch.save, torch.jit.save) does
+    not write: no folder, records outside it, or a name twice."""
+    infos = z.infolist()
+    names = [i.filename for i in infos]
+    root = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
+    if not root or len(set(names)) != len(names) or not all(n.startswith(root) for n in names):
+        raise Unsupported(f"a zip layout {writer} does not write (one folder holding every record)")
+    return root, {i.filename: i for i in infos}
+
+
 def _list_zip(path: Path, report: PickleReport) -> Any:
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # torch.serialization._is_zipfile looks at the first bytes only
             raise Unsupported("a zip file that does not start with a local header")
         with zipfile.ZipFile(f) as z:
-            infos = z.infolist()
-            names = [i.filename for i in infos]
-            # torch's reader takes the archive name from the first record's directory
-            root = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
-            if not root or len(set(names)) != len(names) or not all(n.startswith(root) for n in names):
-                raise Unsupported("a zip layout torch.save does not write")
-            by_name = {i.filename: i for i in infos}
+            root, by_name = zip_records(z, "torch.save")
             if root + "constants.pkl" in by_name:
                 raise Unsupported("a TorchScript archive")  # torch.load hands these to torch.jit.load
             if root + "byteorder" in by_name and z.read(root + "byteorder") != b"little":

@@ -26,7 +26,8 @@ from lstmscope.errors import CheckpointError, clean_message
 from lstmscope.readers.base import Checkpoint, LSTMModule, TensorInfo
 from lstmscope.readers.safe_pickle import PickleReport
 from lstmscope.readers.state_dict_names import find_lstm_modules
-from lstmscope.readers.torch_listing import ListingUnpickler, NotAName, TensorRecord, Unsupported, _ZipStorages
+from lstmscope.readers.torch_listing import (ListingUnpickler, NotAName, TensorRecord, Unsupported, _ZipStorages,
+                                             zip_records)
 from lstmscope.sniff import TORCHSCRIPT
 
 FORMATS = (TORCHSCRIPT,)
@@ -92,12 +93,7 @@ def list_torchscript(path: Path) -> Listing:
 
     out = Listing()
     with zipfile.ZipFile(path) as z:
-        infos = z.infolist()
-        names = [i.filename for i in infos]
-        root = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
-        if not root or len(set(names)) != len(names) or not all(n.startswith(root) for n in names):
-            raise Unsupported("a zip layout torch.jit.save does not write (one folder holding every record)")
-        by_name = {i.filename: i for i in infos}
+        root, by_name = zip_records(z, "torch.jit.save")
         if root + "byteorder" in by_name:
             order = z.read(root + "byteorder")
             if order not in (b"little", b"big"):
@@ -122,7 +118,7 @@ def list_torchscript(path: Path) -> Listing:
                 seen.add(id(record))
                 out.records[key] = record
         read = {root + n for n in ("data.pkl", "constants.pkl", "version", "byteorder")}
-        for n in names:
+        for n in by_name:
             rest = n[len(root):]
             if rest.startswith("code/"):
                 out.code_files += not n.endswith("/")
